@@ -1,0 +1,72 @@
+// dlk.h: what every C++ kernel unit shares.
+//
+// Each kernel source (gemm.cpp, conv.cpp, ...) is compiled three times by setup.py,
+// once per instruction set, with -DDLK_ISA=avx512|avx2|scalar and the matching -m flags.
+// Its code lives in namespace dlk::DLK_ISA, so the three copies link side by side and
+// bindings.cpp picks one at run time (see isa.h). Nothing here uses -march=native.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#ifndef DLK_ISA
+#error "compile kernel units with -DDLK_ISA=avx512|avx2|scalar (setup.py does)"
+#endif
+
+namespace dlk {
+
+using index_t = int64_t;  // all offset arithmetic is 64-bit
+
+// Width in bytes of the vector registers this unit is compiled for.
+#if defined(__AVX512F__)
+constexpr int VBYTES = 64;
+#elif defined(__AVX2__)
+constexpr int VBYTES = 32;
+#else
+constexpr int VBYTES = 16;  // SSE2 is part of x86-64; other targets split it as they can
+#endif
+
+// GCC/Clang vector extensions: one source, any width. vec<T> holds VBYTES / sizeof(T) lanes;
+// arithmetic with a scalar broadcasts it. aligned(sizeof(T)) makes loads and stores unaligned-safe.
+template <typename T>
+struct simd {
+  typedef T type __attribute__((vector_size(VBYTES), aligned(sizeof(T))));
+  static constexpr int width = VBYTES / (int)sizeof(T);
+};
+template <typename T>
+using vec = typename simd<T>::type;
+
+template <typename T>
+inline vec<T> vload(const T* p) { return *reinterpret_cast<const vec<T>*>(p); }
+template <typename T>
+inline void vstore(T* p, vec<T> v) { *reinterpret_cast<vec<T>*>(p) = v; }
+template <typename T>
+inline vec<T> vbroadcast(T x) { return vec<T>{} + x; }
+
+inline int max_threads() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+inline int thread_id() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+inline bool in_parallel() {
+#ifdef _OPENMP
+  return omp_in_parallel();
+#else
+  return false;
+#endif
+}
+
+}  // namespace dlk

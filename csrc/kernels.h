@@ -1,0 +1,60 @@
+// kernels.h: the declarations of every C++ kernel, for one instruction set.
+//
+// No include guard on purpose: bindings.cpp includes this file once per ISA with DLK_ISA
+// defined to avx512, avx2 and scalar, which declares dlk::avx512::gemm, dlk::avx2::gemm, ...
+// Kernel units include it once, with DLK_ISA given on the command line.
+//
+// Conventions: plain functions on raw pointers and int64 sizes; arrays are C-contiguous
+// unless strides are passed; templates are instantiated for float and double in their unit.
+#include <cstdint>
+
+namespace dlk {
+namespace DLK_ISA {
+
+// ---- gemm.cpp ---------------------------------------------------------------------------
+// C[M,N] (+)= A[M,K] @ B[K,N].
+// A's element (i, k) is A[i*rsa + k*csa]; B's (k, j) is B[k*rsb + j*csb] (any strides, so
+// transposes are free); C is row-major with leading dimension ldc.
+// accumulate=false overwrites C, true adds to it. parallel=true uses the OpenMP threads;
+// false runs on the calling thread (for callers already inside a parallel region).
+template <typename T>
+void gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t rsa, int64_t csa, const T* B,
+          int64_t rsb, int64_t csb, T* C, int64_t ldc, bool accumulate, bool parallel);
+
+// B packed once and reused across many calls (LSTM's recurrent weights, conv's filters).
+// gemm_packed_b_size gives the number of T elements the packed copy needs.
+template <typename T>
+int64_t gemm_packed_b_size(int64_t K, int64_t N);
+template <typename T>
+void gemm_pack_b(int64_t K, int64_t N, const T* B, int64_t rsb, int64_t csb, T* packed);
+template <typename T>
+void gemm_prepacked_b(int64_t M, int64_t N, int64_t K, const T* A, int64_t rsa, int64_t csa,
+                      const T* packed_b, T* C, int64_t ldc, bool accumulate, bool parallel);
+
+// ---- conv.cpp ---------------------------------------------------------------------------
+// 2-D convolution, NCHW, cross-correlation as in torch. conv1d runs through it with H = 1.
+// x (N, C, H, W), w (K, C/groups, R, S), b (K) or null, y (N, K, P, Q).
+struct ConvShape {
+  int64_t N, C, H, W;       // input
+  int64_t K, R, S;          // output channels, kernel height and width
+  int64_t P, Q;             // output height and width
+  int64_t stride_h, stride_w, pad_h, pad_w, dil_h, dil_w;  // pad_* = top / left padding
+  int64_t groups;
+};
+
+// Variants share one signature per direction. Backward: any of dx, dw, db may be null
+// (not wanted); dw and db are overwritten, never accumulated, and bitwise repeatable
+// at a fixed thread count.
+template <typename T>
+void conv2d_forward_im2col(const ConvShape& s, const T* x, const T* w, const T* b, T* y);
+template <typename T>
+void conv2d_backward_im2col(const ConvShape& s, const T* dy, const T* x, const T* w, T* dx, T* dw,
+                            T* db);
+template <typename T>
+void conv2d_forward_depthwise(const ConvShape& s, const T* x, const T* w, const T* b, T* y);
+template <typename T>
+void conv2d_backward_depthwise(const ConvShape& s, const T* dy, const T* x, const T* w, T* dx,
+                               T* dw, T* db);
+
+}  // namespace DLK_ISA
+}  // namespace dlk

@@ -1,0 +1,38 @@
+"""Glue to the C++ conv kernels (csrc/conv.cpp): allocate the outputs, call _C."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from ... import _cpp
+from .common import ConvParams
+
+
+def forward(variant: str) -> Callable:
+    def conv2d_forward_cpp(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, p: ConvParams) -> np.ndarray:
+        y = np.empty((x.shape[0], w.shape[0], *p.out_size), x.dtype)
+        _cpp._C.conv2d_forward(variant, x, w, b, y, p.cpp_params(), p.groups)
+        return y
+
+    conv2d_forward_cpp.__name__ = f"conv2d_forward_cpp_{variant}"
+    return conv2d_forward_cpp
+
+
+def backward(variant: str) -> Callable:
+    def conv2d_backward_cpp(dy: np.ndarray, x: np.ndarray, w: np.ndarray, p: ConvParams,
+                            needs: tuple[bool, bool, bool]) -> tuple:
+        dx = np.empty_like(x) if needs[0] else None
+        dw = np.empty_like(w) if needs[1] else None
+        db = np.empty(w.shape[0], w.dtype) if needs[2] else None
+        _cpp._C.conv2d_backward(variant, dy, x, w, dx, dw, db, p.cpp_params(), p.groups)
+        return dx, dw, db
+
+    conv2d_backward_cpp.__name__ = f"conv2d_backward_cpp_{variant}"
+    return conv2d_backward_cpp
+
+
+def depthwise(w: np.ndarray, p: ConvParams) -> str | None:
+    """Why the depthwise kernel fits (one input channel per group, several groups), or None."""
+    return "groups == input channels (depthwise)" if w.shape[1] == 1 and p.groups > 1 else None
