@@ -1,0 +1,490 @@
+// gemm.cpp: BLIS-style packed GEMM, C[M,N] (+)= A[M,K] @ B[K,N], for float and double.
+//
+// Loop nest (Goto / BLIS):
+//   jc over N in NC columns
+//     pc over K in KC-deep blocks          (K blocking depends on K only, never on threads)
+//       pack B[pc, jc] into NR-wide micro-panels, row-major inside ([k][NR]), shared by the team
+//       ic over this thread's rows in MC blocks
+//         pack A[ic, pc] into MR-tall micro-panels ([k][MR]), private to the thread
+//         jr over this thread's NR panels
+//           ir over MR panels: micro-kernel, an MR x NR register tile of NV vectors per row
+//
+// C's rows are contiguous, so the micro-kernel vectorises along N: each k step loads NV
+// vectors of the B panel, broadcasts MR elements of the A panel and does MR*NV FMAs.
+// Edge tiles use smaller instances of the same kernel (every mr in 1..MR, every nv in 1..NV)
+// so no work is padded beyond one vector's width.
+//
+// Determinism: every C element is computed by the same sequence of operations whatever the
+// thread count or its tile position: within a K block, acc = fma(a_k, b_k, acc) for k in order
+// starting from 0; the first block stores (or adds to C when accumulating), the next ones add.
+// Threads split M and N only.
+#include "dlk.h"
+#include "kernels.h"
+
+#include <algorithm>
+#include <array>
+#include <cstdlib>
+#include <new>
+#include <utility>
+
+#if defined(__AVX512F__) || defined(__FMA__)
+#include <immintrin.h>
+#endif
+
+namespace dlk {
+namespace DLK_ISA {
+namespace {
+
+// ---- per-ISA configuration ----------------------------------------------------------------
+// MR: rows of the register tile (broadcast side), NV: vectors per row (NR = NV * width).
+// KC: depth of a K block; MC: rows of A packed at once (L2); NC: columns of B packed at once.
+template <typename T>
+struct Cfg {
+  static constexpr int W = simd<T>::width;
+#if defined(__AVX512F__)
+  // 32 zmm registers: 28 accumulators + 2 B vectors; A comes as an embedded broadcast.
+#ifndef GEMM_MR512
+#define GEMM_MR512 14
+#endif
+#ifndef GEMM_NV512
+#define GEMM_NV512 2
+#endif
+  static constexpr int MR = GEMM_MR512;
+  static constexpr int NV = GEMM_NV512;
+#elif defined(__AVX2__)
+  // 16 ymm registers: 12 accumulators + 2 B vectors + 1 broadcast.
+  static constexpr int MR = 6;
+  static constexpr int NV = 2;
+#else
+  // 16 xmm registers, no FMA: 8 accumulators + 2 B + broadcast + product temporaries.
+  static constexpr int MR = 4;
+  static constexpr int NV = 2;
+#endif
+  static constexpr int NR = NV * W;
+#ifndef GEMM_KC_BYTES
+#define GEMM_KC_BYTES 1024
+#endif
+#ifndef GEMM_MC_BYTES
+#define GEMM_MC_BYTES (256 * 1024)
+#endif
+  static constexpr int64_t KC = GEMM_KC_BYTES / sizeof(T);
+  // A block of MC x KC in about a quarter of the 1 MiB L2, a multiple of MR.
+  static constexpr int64_t MC =
+      std::max<int64_t>(MR, (GEMM_MC_BYTES / (int64_t)sizeof(T) / KC) / MR * MR);
+  static constexpr int64_t NC = 4096;
+};
+
+// ---- vector helpers -----------------------------------------------------------------------
+template <typename T>
+inline vec<T> vfma(vec<T> a, vec<T> b, vec<T> c) {  // a * b + c
+#if defined(__AVX512F__)
+  if constexpr (sizeof(T) == 4)
+    return (vec<T>)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
+  else
+    return (vec<T>)_mm512_fmadd_pd((__m512d)a, (__m512d)b, (__m512d)c);
+#elif defined(__FMA__) && defined(__AVX2__)
+  if constexpr (sizeof(T) == 4)
+    return (vec<T>)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
+  else
+    return (vec<T>)_mm256_fmadd_pd((__m256d)a, (__m256d)b, (__m256d)c);
+#else
+  return a * b + c;  // ISO mode: -ffp-contract=off, so a multiply then an add
+#endif
+}
+
+// ---- thread-local aligned buffers ---------------------------------------------------------
+struct Buffer {
+  void* p = nullptr;
+  size_t cap = 0;
+  ~Buffer() { std::free(p); }
+  template <typename T>
+  T* get(int64_t n) {
+    size_t bytes = ((size_t)n * sizeof(T) + 4095) & ~(size_t)4095;
+    if (bytes > cap) {
+      std::free(p);
+      p = std::aligned_alloc(4096, bytes);
+      if (!p) {
+        cap = 0;
+        throw std::bad_alloc();
+      }
+      cap = bytes;
+    }
+    return static_cast<T*>(p);
+  }
+};
+thread_local Buffer tl_buf_a;  // packed A block (+ an edge B panel), private to a thread
+thread_local Buffer tl_buf_b;  // packed B block, owned by the calling thread, shared by its team
+
+// ---- micro-kernel -------------------------------------------------------------------------
+// acc[MRt x NVt*W] = sum_k a[k*MRt + i] * b[k*ldb + j], then stored to C: n valid columns
+// (n > (NVt-1)*W); overwrite: C = acc, else C += acc.
+template <typename T, int MRt, int NVt>
+void ukernel(int64_t kc, const T* __restrict a, const T* __restrict b, int64_t ldb,
+             T* __restrict c, int64_t ldc, int n, bool overwrite) {
+  constexpr int W = simd<T>::width;
+  vec<T> acc[MRt][NVt];
+#pragma GCC unroll 32
+  for (int i = 0; i < MRt; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < NVt; ++j) acc[i][j] = vec<T>{};
+#pragma GCC unroll 32
+  for (int i = 0; i < MRt; ++i) __builtin_prefetch(c + i * ldc, 1);
+
+#pragma GCC unroll 4
+  for (int64_t k = 0; k < kc; ++k) {
+    vec<T> bv[NVt];
+#pragma GCC unroll 8
+    for (int j = 0; j < NVt; ++j) bv[j] = vload(b + j * W);
+#pragma GCC unroll 32
+    for (int i = 0; i < MRt; ++i) {
+      vec<T> av = vbroadcast(a[i]);
+#pragma GCC unroll 8
+      for (int j = 0; j < NVt; ++j) acc[i][j] = vfma<T>(av, bv[j], acc[i][j]);
+    }
+    a += MRt;
+    b += ldb;
+  }
+
+  if (n == NVt * W) {
+    if (overwrite) {
+#pragma GCC unroll 32
+      for (int i = 0; i < MRt; ++i)
+#pragma GCC unroll 8
+        for (int j = 0; j < NVt; ++j) vstore(c + i * ldc + j * W, acc[i][j]);
+    } else {
+#pragma GCC unroll 32
+      for (int i = 0; i < MRt; ++i)
+#pragma GCC unroll 8
+        for (int j = 0; j < NVt; ++j)
+          vstore(c + i * ldc + j * W, vload(c + i * ldc + j * W) + acc[i][j]);
+    }
+  } else {
+    constexpr int jl = NVt - 1;  // the partial vector
+    const int rem = n - jl * W;
+    for (int i = 0; i < MRt; ++i) {
+      T* ci = c + i * ldc;
+      for (int j = 0; j < jl; ++j)
+        vstore(ci + j * W, overwrite ? acc[i][j] : vload(ci + j * W) + acc[i][j]);
+      alignas(64) T tmp[W];
+      vstore(tmp, acc[i][jl]);
+      T* cl = ci + jl * W;
+      if (overwrite)
+        for (int t = 0; t < rem; ++t) cl[t] = tmp[t];
+      else
+        for (int t = 0; t < rem; ++t) cl[t] = cl[t] + tmp[t];
+    }
+  }
+}
+
+template <typename T>
+using ukernel_fn = void (*)(int64_t, const T*, const T*, int64_t, T*, int64_t, int, bool);
+
+template <typename T, size_t... I>
+constexpr std::array<ukernel_fn<T>, sizeof...(I)> make_table(std::index_sequence<I...>) {
+  return {{&ukernel<T, (int)(I / Cfg<T>::NV) + 1, (int)(I % Cfg<T>::NV) + 1>...}};
+}
+
+template <typename T>
+inline ukernel_fn<T> get_kernel(int mr, int nv) {
+  static constexpr auto table =
+      make_table<T>(std::make_index_sequence<(size_t)(Cfg<T>::MR * Cfg<T>::NV)>{});
+  return table[(mr - 1) * Cfg<T>::NV + (nv - 1)];
+}
+
+// ---- packing ------------------------------------------------------------------------------
+// One B micro-panel: kc x nr (nr <= NR) from B(k, j) = B[k*rsb + j*csb] into dst[k*w + j],
+// w = nr rounded up to the vector width, the padding zeroed.
+template <typename T>
+void pack_b_panel(int64_t kc, int nr, const T* B, int64_t rsb, int64_t csb, T* dst) {
+  constexpr int W = simd<T>::width, NR = Cfg<T>::NR;
+  const int w = (nr + W - 1) / W * W;
+  if (csb == 1 && nr == NR) {
+    for (int64_t k = 0; k < kc; ++k) {
+      const T* s = B + k * rsb;
+      T* d = dst + k * NR;
+#pragma GCC unroll 8
+      for (int j = 0; j < NR; j += W) vstore(d + j, vload(s + j));
+    }
+    return;
+  }
+  if (csb == 1) {
+    for (int64_t k = 0; k < kc; ++k) {
+      const T* s = B + k * rsb;
+      T* d = dst + k * w;
+      int j = 0;
+      for (; j < nr; ++j) d[j] = s[j];
+      for (; j < w; ++j) d[j] = T(0);
+    }
+    return;
+  }
+  if (w != nr)
+    for (int64_t k = 0; k < kc; ++k)
+      for (int j = nr; j < w; ++j) dst[k * w + j] = T(0);
+  if (rsb == 1) {  // transposed B: each column is contiguous in k
+    for (int j = 0; j < nr; ++j) {
+      const T* s = B + j * csb;
+      T* d = dst + j;
+      for (int64_t k = 0; k < kc; ++k) d[k * w] = s[k];
+    }
+    return;
+  }
+  for (int64_t k = 0; k < kc; ++k)
+    for (int j = 0; j < nr; ++j) dst[k * w + j] = B[k * rsb + j * csb];
+}
+
+// A block mc x kc into MR-row micro-panels: panel p holds rows [p*MR, p*MR+mr) as
+// dst[p*MR*kc + k*mr + i] (the last panel is mr < MR rows tall, no padding).
+template <typename T>
+void pack_a_block(int64_t mc, int64_t kc, const T* A, int64_t rsa, int64_t csa, T* dst) {
+  constexpr int MR = Cfg<T>::MR;
+  for (int64_t i0 = 0; i0 < mc; i0 += MR) {
+    const int mr = (int)std::min<int64_t>(MR, mc - i0);
+    const T* s = A + i0 * rsa;
+    T* d = dst + i0 * kc;
+    if (mr == MR && csa == 1) {
+      // rows contiguous in k: read MR rows side by side
+      constexpr int W = simd<T>::width;
+      int64_t k = 0;
+      for (; k + W <= kc; k += W) {
+        for (int i = 0; i < MR; ++i) {
+          vec<T> v = vload(s + i * rsa + k);
+#pragma GCC unroll 16
+          for (int t = 0; t < W; ++t) d[(k + t) * MR + i] = v[t];
+        }
+      }
+      for (; k < kc; ++k)
+        for (int i = 0; i < MR; ++i) d[k * MR + i] = s[i * rsa + k];
+    } else if (rsa == 1) {  // column-major A: each k gives mr contiguous elements
+      for (int64_t k = 0; k < kc; ++k)
+        for (int i = 0; i < mr; ++i) d[k * mr + i] = s[k * csa + i];
+    } else {
+      for (int64_t k = 0; k < kc; ++k)
+        for (int i = 0; i < mr; ++i) d[k * mr + i] = s[i * rsa + k * csa];
+    }
+  }
+}
+
+// ---- driver -------------------------------------------------------------------------------
+template <typename T>
+struct KBlocking {
+  int64_t nblocks, kcb;  // number of K blocks and their depth (the last may be shallower)
+  explicit KBlocking(int64_t K) {
+    nblocks = K <= 0 ? 0 : (K + Cfg<T>::KC - 1) / Cfg<T>::KC;
+    kcb = nblocks ? (K + nblocks - 1) / nblocks : 0;
+    if (kcb) nblocks = (K + kcb - 1) / kcb;  // every block non-empty
+  }
+};
+
+inline int64_t round_up(int64_t x, int64_t m) {
+  return (x + m - 1) / m * m;
+}
+
+// Splits `panels` panels into `parts` contiguous ranges; range r is [first(r), first(r+1)).
+inline int team_size() {
+#ifdef _OPENMP
+  return omp_get_num_threads();
+#else
+  return 1;
+#endif
+}
+
+inline int64_t split_first(int64_t panels, int parts, int r) {
+  int64_t q = panels / parts, rem = panels % parts;
+  return r * q + std::min<int64_t>(r, rem);
+}
+
+struct Grid {
+  int tm, tn;
+};
+
+// Thread grid tm x tn (tm * tn = nt): threads split M panels tm ways and N panels tn ways.
+// Minimises the largest per-thread share of MACs plus the A packing it repeats.
+inline Grid choose_grid(int nt, int64_t mpan, int mr, int64_t npan, int nr) {
+  Grid best{1, nt};
+  double best_cost = -1;
+  for (int tm = 1; tm <= nt; ++tm) {
+    if (nt % tm) continue;
+    int tn = nt / tm;
+    double rows = (double)((mpan + tm - 1) / tm) * mr;
+    double cols = (double)((npan + tn - 1) / tn) * nr;
+    double cost = rows * (cols + 24.0);
+    if (best_cost < 0 || cost < best_cost * 0.999) {
+      best_cost = cost;
+      best = {tm, tn};
+    }
+  }
+  return best;
+}
+
+template <typename T>
+void zero_c(int64_t M, int64_t N, T* C, int64_t ldc) {
+  for (int64_t i = 0; i < M; ++i) std::memset(C + i * ldc, 0, (size_t)N * sizeof(T));
+}
+
+// Number of threads for an M x N x K problem.
+inline int threads_for(int64_t M, int64_t N, int64_t K, bool parallel) {
+  if (!parallel || in_parallel()) return 1;
+  int nt = max_threads();
+  if (nt <= 1) return 1;
+  double work = (double)M * (double)N * (double)K;
+  // below ~2^19 MACs the fork/join costs more than it saves
+  int64_t by_work = (int64_t)(work / (double)(1 << 19));
+  if (by_work < 2) return 1;
+  return (int)std::min<int64_t>(nt, by_work);
+}
+
+// The core: B either prepacked (whole K x N in the gemm_pack_b layout), packed here per
+// block, or read in place (csb == 1, few rows of A: packing B would cost more than it saves).
+template <typename T>
+void gemm_driver(int64_t M, int64_t N, int64_t K, const T* A, int64_t rsa, int64_t csa,
+                 const T* B, int64_t rsb, int64_t csb, const T* prepacked, T* C, int64_t ldc,
+                 bool accumulate, bool parallel) {
+  using CF = Cfg<T>;
+  constexpr int MR = CF::MR, NR = CF::NR, W = CF::W;
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    if (!accumulate) zero_c(M, N, C, ldc);
+    return;
+  }
+  const KBlocking<T> kb(K);
+  const int64_t npad = round_up(N, NR);  // prepacked: columns per K block
+  const bool direct_b = !prepacked && csb == 1 && M <= 2 * MR;
+  const int64_t NC = prepacked || direct_b ? N : std::min<int64_t>(CF::NC, npad);
+  const int nt = threads_for(M, N, K, parallel);
+
+  T* shared_b = nullptr;
+  if (!prepacked && !direct_b) shared_b = tl_buf_b.get<T>(kb.kcb * std::min<int64_t>(NC, npad));
+
+  const int64_t mpan_total = (M + MR - 1) / MR;
+
+  auto body = [&](const int tid, const int nth) {
+    T* abuf = tl_buf_a.get<T>(CF::MC * kb.kcb + (int64_t)kb.kcb * NR);
+    T* edge_b = abuf + CF::MC * kb.kcb;
+
+    for (int64_t jc = 0; jc < N; jc += NC) {
+      const int64_t nc = std::min<int64_t>(NC, N - jc);
+      const int64_t npan = (nc + NR - 1) / NR;
+      const Grid g = choose_grid(nth, mpan_total, MR, npan, NR);
+      const int gm = tid / g.tn, gn = tid % g.tn;
+      const int64_t p0 = split_first(npan, g.tn, gn), p1 = split_first(npan, g.tn, gn + 1);
+      const int64_t m0 = std::min<int64_t>(M, split_first(mpan_total, g.tm, gm) * MR);
+      const int64_t m1 = std::min<int64_t>(M, split_first(mpan_total, g.tm, gm + 1) * MR);
+
+      for (int64_t pb = 0; pb < kb.nblocks; ++pb) {
+        const int64_t pc = pb * kb.kcb;
+        const int64_t kc = std::min<int64_t>(kb.kcb, K - pc);
+        const bool overwrite = !accumulate && pb == 0;
+
+        // B block: panel p of this block starts at bblk + p * NR * kc
+        const T* bblk = nullptr;
+        if (prepacked) {
+          bblk = prepacked + pc * npad + (jc / NR) * NR * kc;
+        } else if (!direct_b) {
+          // every thread packs the panels it will use first (for locality), all are shared
+          const int64_t q0 = split_first(npan, nth, tid), q1 = split_first(npan, nth, tid + 1);
+          for (int64_t p = q0; p < q1; ++p) {
+            const int nr = (int)std::min<int64_t>(NR, nc - p * NR);
+            pack_b_panel<T>(kc, nr, B + pc * rsb + (jc + p * NR) * csb, rsb, csb,
+                            shared_b + p * NR * kc);
+          }
+          if (nth > 1) {
+#pragma omp barrier
+          }
+          bblk = shared_b;
+        }
+
+        for (int64_t ic = m0; ic < m1; ic += CF::MC) {
+          const int64_t mc = std::min<int64_t>(CF::MC, m1 - ic);
+          pack_a_block<T>(mc, kc, A + ic * rsa + pc * csa, rsa, csa, abuf);
+          for (int64_t p = p0; p < p1; ++p) {
+            const int64_t j = p * NR;
+            const int nr = (int)std::min<int64_t>(NR, nc - j);
+            const int nv = (nr + W - 1) / W;
+            const T* bp;
+            int64_t ldb;
+            if (direct_b) {
+              if (nr % W == 0) {
+                bp = B + pc * rsb + (jc + j);
+                ldb = rsb;
+              } else {
+                pack_b_panel<T>(kc, nr, B + pc * rsb + (jc + j), rsb, 1, edge_b);
+                bp = edge_b;
+                ldb = nv * W;
+              }
+            } else {
+              bp = bblk + j * kc;
+              ldb = nv * W;
+            }
+            for (int64_t i = 0; i < mc; i += MR) {
+              const int mr = (int)std::min<int64_t>(MR, mc - i);
+              get_kernel<T>(mr, nv)(kc, abuf + i * kc, bp, ldb, C + (ic + i) * ldc + jc + j,
+                                    ldc, nr, overwrite);
+            }
+          }
+        }
+        if (!prepacked && !direct_b && nth > 1) {
+#pragma omp barrier
+        }
+      }
+    }
+  };
+
+  if (nt <= 1) {
+    body(0, 1);
+  } else {
+#pragma omp parallel num_threads(nt)
+    body(thread_id(), team_size());
+  }
+}
+
+}  // namespace
+
+// ---- public API ---------------------------------------------------------------------------
+template <typename T>
+void gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t rsa, int64_t csa, const T* B,
+          int64_t rsb, int64_t csb, T* C, int64_t ldc, bool accumulate, bool parallel) {
+  gemm_driver<T>(M, N, K, A, rsa, csa, B, rsb, csb, nullptr, C, ldc, accumulate, parallel);
+}
+
+template <typename T>
+int64_t gemm_packed_b_size(int64_t K, int64_t N) {
+  if (K <= 0 || N <= 0) return 0;
+  return K * round_up(N, Cfg<T>::NR);
+}
+
+template <typename T>
+void gemm_pack_b(int64_t K, int64_t N, const T* B, int64_t rsb, int64_t csb, T* packed) {
+  constexpr int NR = Cfg<T>::NR;
+  if (K <= 0 || N <= 0) return;
+  const KBlocking<T> kb(K);
+  const int64_t npad = round_up(N, NR);
+  for (int64_t pb = 0; pb < kb.nblocks; ++pb) {
+    const int64_t pc = pb * kb.kcb;
+    const int64_t kc = std::min<int64_t>(kb.kcb, K - pc);
+    T* blk = packed + pc * npad;
+    for (int64_t j = 0; j < N; j += NR) {
+      const int nr = (int)std::min<int64_t>(NR, N - j);
+      pack_b_panel<T>(kc, nr, B + pc * rsb + j * csb, rsb, csb, blk + j * kc);
+    }
+  }
+}
+
+template <typename T>
+void gemm_prepacked_b(int64_t M, int64_t N, int64_t K, const T* A, int64_t rsa, int64_t csa,
+                      const T* packed_b, T* C, int64_t ldc, bool accumulate, bool parallel) {
+  gemm_driver<T>(M, N, K, A, rsa, csa, nullptr, 0, 0, packed_b, C, ldc, accumulate, parallel);
+}
+
+#define DLK_GEMM_INSTANTIATE(T)                                                               \
+  template void gemm<T>(int64_t, int64_t, int64_t, const T*, int64_t, int64_t, const T*,     \
+                        int64_t, int64_t, T*, int64_t, bool, bool);                          \
+  template int64_t gemm_packed_b_size<T>(int64_t, int64_t);                                  \
+  template void gemm_pack_b<T>(int64_t, int64_t, const T*, int64_t, int64_t, T*);            \
+  template void gemm_prepacked_b<T>(int64_t, int64_t, int64_t, const T*, int64_t, int64_t,   \
+                                    const T*, T*, int64_t, bool, bool);
+DLK_GEMM_INSTANTIATE(float)
+DLK_GEMM_INSTANTIATE(double)
+#undef DLK_GEMM_INSTANTIATE
+
+}  // namespace DLK_ISA
+}  // namespace dlk
