@@ -1,0 +1,355 @@
+"""conv2d in numba: two rungs of the ladder, forward and hand-written backward.
+
+    direct   the seven loops of the definition, compiled. The loops run in the order
+             (n, k) | c, r, s | p, q: one thread owns one output plane, and for each kernel
+             tap the innermost loop walks an output row against an input row.
+    im2col   unfold the input into a column matrix col (Cg*R*S, P*Q), then one matrix product
+             per sample and group, y_g = W_g @ col, written as numba loops (i-k-j order,
+             blocked over columns, several rows at a time). The backward is the same product
+             turned around: dcol = W_gᵀ @ dy_g folded back into dx (col2im), dW_g = dy_g @ colᵀ.
+
+Shapes (see __init__.py): x (N, C, H, W), w (K, Cg, R, S) with Cg = C/groups, b (K,) or None,
+y and dy (N, K, P, Q); Kg = K/groups output channels per group. One dtype throughout
+(float32 or float64); the results come back in it.
+
+Determinism: every output element (y, dx, dw, db) is summed by one thread in a fixed order,
+so the results are bitwise repeatable run to run.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import prange
+
+from .common import ConvParams
+
+_JB = 256  # im2col GEMM: columns per block (a Kd x _JB panel of col stays in L2)
+_COL_ELEMS = 1 << 22  # im2col dW: unfold at most this many elements of col at a time
+
+
+@numba.njit(cache=True, inline="always")
+def _valid(off, stride, size, n_out):  # pragma: no cover - compiled
+    """Outputs o in [lo, hi) whose input index o*stride + off lies in [0, size)."""
+    lo = max(0, -(off // stride))
+    hi = min(n_out, (size - 1 - off) // stride + 1)
+    return lo, max(lo, hi)
+
+
+# ---- direct ----------------------------------------------------------------------------------
+
+
+# Threads: one (sample n, output channel k) plane of y per prange iteration.
+@numba.njit(cache=True, parallel=True)
+def _direct_forward(x, w, b, y, sh, sw, pt, pl, dh, dw, G):  # pragma: no cover - compiled
+    N, C, H, W = x.shape
+    K, Cg, R, S = w.shape
+    P, Q = y.shape[2], y.shape[3]
+    Kg = K // G
+    for nk in prange(N * K):
+        n = nk // K
+        k = nk % K
+        ci0 = (k // Kg) * Cg  # the group's first input channel
+        out = y[n, k]
+        out[:, :] = b[k]
+        for c in range(Cg):
+            xc = x[n, ci0 + c]
+            for r in range(R):
+                p_lo, p_hi = _valid(r * dh - pt, sh, H, P)
+                for s in range(S):
+                    q_lo, q_hi = _valid(s * dw - pl, sw, W, Q)
+                    wv = w[k, c, r, s]
+                    for p in range(p_lo, p_hi):
+                        orow = out[p]
+                        xrow = xc[p * sh + r * dh - pt]
+                        for q in range(q_lo, q_hi):
+                            orow[q] += wv * xrow[q * sw + s * dw - pl]
+
+
+# Threads: one (sample n, input channel ci) plane of dx per prange iteration; it gathers the
+# contributions of the Kg output channels of its group, so no two threads write one element.
+@numba.njit(cache=True, parallel=True)
+def _direct_grad_input(dy, w, dx, sh, sw, pt, pl, dh, dw, G):  # pragma: no cover - compiled
+    N, C, H, W = dx.shape
+    K, Cg, R, S = w.shape
+    P, Q = dy.shape[2], dy.shape[3]
+    Kg = K // G
+    for nc in prange(N * C):
+        n = nc // C
+        ci = nc % C
+        c = ci % Cg
+        k0 = (ci // Cg) * Kg  # the group's first output channel
+        plane = dx[n, ci]
+        plane[:, :] = 0
+        for kk in range(Kg):
+            dyk = dy[n, k0 + kk]
+            for r in range(R):
+                p_lo, p_hi = _valid(r * dh - pt, sh, H, P)
+                for s in range(S):
+                    q_lo, q_hi = _valid(s * dw - pl, sw, W, Q)
+                    wv = w[k0 + kk, c, r, s]
+                    for p in range(p_lo, p_hi):
+                        xrow = plane[p * sh + r * dh - pt]
+                        grow = dyk[p]
+                        for q in range(q_lo, q_hi):
+                            xrow[q * sw + s * dw - pl] += wv * grow[q]
+
+
+# Threads: one (output channel k, input channel c) pair per prange iteration: it owns the R*S
+# weights dw[k, c] and sums each over (n, p, q) in a fixed order.
+@numba.njit(cache=True, parallel=True, fastmath={"reassoc", "contract"})
+def _direct_grad_weight(dy, x, dwt, sh, sw, pt, pl, dh, dw, G):  # pragma: no cover - compiled
+    N, C, H, W = x.shape
+    K, Cg, R, S = dwt.shape
+    P, Q = dy.shape[2], dy.shape[3]
+    Kg = K // G
+    for kc in prange(K * Cg):
+        k = kc // Cg
+        c = kc % Cg
+        ci = (k // Kg) * Cg + c
+        for r in range(R):
+            p_lo, p_hi = _valid(r * dh - pt, sh, H, P)
+            for s in range(S):
+                q_lo, q_hi = _valid(s * dw - pl, sw, W, Q)
+                acc = dwt.dtype.type(0)
+                for n in range(N):
+                    for p in range(p_lo, p_hi):
+                        xrow = x[n, ci, p * sh + r * dh - pt]
+                        grow = dy[n, k, p]
+                        for q in range(q_lo, q_hi):
+                            acc += grow[q] * xrow[q * sw + s * dw - pl]
+                dwt[k, c, r, s] = acc
+
+
+# Threads: one output channel k per prange iteration, summing dy[:, k] in a fixed order.
+@numba.njit(cache=True, parallel=True, fastmath={"reassoc", "contract"})
+def _grad_bias(dy, db):  # pragma: no cover - compiled
+    N, K, P, Q = dy.shape
+    for k in prange(K):
+        acc = db.dtype.type(0)
+        for n in range(N):
+            plane = dy[n, k]
+            for p in range(P):
+                row = plane[p]
+                for q in range(Q):
+                    acc += row[q]
+        db[k] = acc
+
+
+def _unpack(p: ConvParams) -> tuple[int, ...]:
+    (sh, sw), (pt, _, pl, _), (dh, dw) = p.stride, p.padding, p.dilation
+    return sh, sw, pt, pl, dh, dw, p.groups
+
+
+def _bias(b: np.ndarray | None, K: int, dtype: np.dtype) -> np.ndarray:
+    return np.zeros(K, dtype) if b is None else b
+
+
+def conv2d_forward_numba_direct(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, p: ConvParams) -> np.ndarray:
+    N, K = x.shape[0], w.shape[0]
+    y = np.empty((N, K, *p.out_size), x.dtype)
+    if y.size:
+        _direct_forward(x, w, _bias(b, K, x.dtype), y, *_unpack(p))
+    return y
+
+
+def conv2d_backward_numba_direct(dy: np.ndarray, x: np.ndarray, w: np.ndarray, p: ConvParams,
+                                 needs: tuple[bool, bool, bool]) -> tuple:
+    dx = dw = db = None
+    if needs[0]:
+        dx = np.zeros_like(x)
+        if x.size and dy.size:
+            _direct_grad_input(dy, w, dx, *_unpack(p))
+    if needs[1]:
+        dw = np.zeros_like(w)
+        if dy.size:
+            _direct_grad_weight(dy, x, dw, *_unpack(p))
+    if needs[2]:
+        db = np.zeros(w.shape[0], dy.dtype)
+        if dy.size:
+            _grad_bias(dy, db)
+    return dx, dw, db
+
+
+# ---- im2col ----------------------------------------------------------------------------------
+
+
+@numba.njit(cache=True)
+def _unfold(xn, ci0, R, S, P, Q, col, sh, sw, pt, pl, dh, dw):  # pragma: no cover - compiled
+    """col[(c*R + r)*S + s, p*Q + q] = xn[ci0 + c, p*sh - pt + r*dh, q*sw - pl + s*dw], 0 outside."""
+    H, W = xn.shape[1], xn.shape[2]
+    Cg = col.shape[0] // (R * S)
+    for c in range(Cg):
+        xc = xn[ci0 + c]
+        for r in range(R):
+            p_lo, p_hi = _valid(r * dh - pt, sh, H, P)
+            for s in range(S):
+                q_lo, q_hi = _valid(s * dw - pl, sw, W, Q)
+                row = col[(c * R + r) * S + s]
+                row[:p_lo * Q] = 0
+                row[p_hi * Q:] = 0
+                for p in range(p_lo, p_hi):
+                    xrow = xc[p * sh + r * dh - pt]
+                    seg = row[p * Q:(p + 1) * Q]
+                    seg[:q_lo] = 0
+                    seg[q_hi:] = 0
+                    for q in range(q_lo, q_hi):
+                        seg[q] = xrow[q * sw + s * dw - pl]
+
+
+@numba.njit(cache=True)
+def _fold(dcol, dxn, ci0, R, S, P, Q, sh, sw, pt, pl, dh, dw):  # pragma: no cover - compiled
+    """col2im, the adjoint of _unfold: dxn[ci0 + c, ih, iw] += dcol[(c*R + r)*S + s, p*Q + q]."""
+    H, W = dxn.shape[1], dxn.shape[2]
+    Cg = dcol.shape[0] // (R * S)
+    for c in range(Cg):
+        dxc = dxn[ci0 + c]
+        for r in range(R):
+            p_lo, p_hi = _valid(r * dh - pt, sh, H, P)
+            for s in range(S):
+                q_lo, q_hi = _valid(s * dw - pl, sw, W, Q)
+                row = dcol[(c * R + r) * S + s]
+                for p in range(p_lo, p_hi):
+                    dxrow = dxc[p * sh + r * dh - pt]
+                    seg = row[p * Q:(p + 1) * Q]
+                    for q in range(q_lo, q_hi):
+                        dxrow[q * sw + s * dw - pl] += seg[q]
+
+
+@numba.njit(cache=True)
+def _gemm(a, b, b0, c, c0):  # pragma: no cover - compiled
+    """c[c0 + i, :] += sum_l a[i, l] * b[b0 + l, :]: i-k-j, blocked over columns.
+
+    For each block of _JB columns and each row i, the contiguous inner loop streams four rows
+    of b into one row of c, so each load and store of c serves four multiply-adds.
+    """
+    M, L = a.shape
+    ncol = c.shape[1]
+    L4 = L - L % 4
+    for j0 in range(0, ncol, _JB):
+        j1 = min(j0 + _JB, ncol)
+        for i in range(M):
+            crow = c[c0 + i, j0:j1]
+            for l in range(0, L4, 4):
+                a0 = a[i, l]
+                a1 = a[i, l + 1]
+                a2 = a[i, l + 2]
+                a3 = a[i, l + 3]
+                b0r = b[b0 + l, j0:j1]
+                b1r = b[b0 + l + 1, j0:j1]
+                b2r = b[b0 + l + 2, j0:j1]
+                b3r = b[b0 + l + 3, j0:j1]
+                for j in range(j1 - j0):
+                    crow[j] += a0 * b0r[j] + a1 * b1r[j] + a2 * b2r[j] + a3 * b3r[j]
+            for l in range(L4, L):
+                al = a[i, l]
+                brow = b[b0 + l, j0:j1]
+                for j in range(j1 - j0):
+                    crow[j] += al * brow[j]
+
+
+# Threads: one contiguous chunk of samples per thread (prange over the threads), each with its
+# own column matrix; per sample and group, unfold then y_g += W_g @ col.
+@numba.njit(cache=True, parallel=True)
+def _im2col_forward(x, w3, b, y3, T, R, S, P, Q, sh, sw, pt, pl, dh, dw):  # pragma: no cover - compiled
+    N, C = x.shape[0], x.shape[1]
+    G, Kg, L = w3.shape
+    Cg = C // G
+    for t in prange(T):
+        col = np.empty((L, P * Q), x.dtype)
+        for n in range(t * N // T, (t + 1) * N // T):
+            yn = y3[n]
+            for k in range(G * Kg):
+                yn[k, :] = b[k]
+            for g in range(G):
+                _unfold(x[n], g * Cg, R, S, P, Q, col, sh, sw, pt, pl, dh, dw)
+                _gemm(w3[g], col, 0, yn, g * Kg)
+
+
+# Threads: one contiguous chunk of samples per thread, each with its own dcol; per sample and
+# group, dcol = W_gᵀ @ dy_g, then col2im adds dcol into the sample's dx, which only it writes.
+@numba.njit(cache=True, parallel=True)
+def _im2col_grad_input(dy3, wt, dx, T, R, S, P, Q, sh, sw, pt, pl, dh, dw):  # pragma: no cover - compiled
+    N, C = dx.shape[0], dx.shape[1]
+    G, L, Kg = wt.shape
+    Cg = C // G
+    for t in prange(T):
+        dcol = np.empty((L, P * Q), dx.dtype)
+        for n in range(t * N // T, (t + 1) * N // T):
+            for g in range(G):
+                dcol[:, :] = 0
+                _gemm(wt[g], dy3[n], g * Kg, dcol, 0)
+                _fold(dcol, dx[n], g * Cg, R, S, P, Q, sh, sw, pt, pl, dh, dw)
+
+
+# Threads: the samples go in chunks of nb; each chunk is unfolded in parallel over (sample,
+# group), then each thread owns a contiguous range of dW rows (output channels) and adds
+# dot(dy[n, k, block], col[kd, block]) for four rows k at a time, in a fixed order.
+@numba.njit(cache=True, parallel=True, fastmath={"reassoc", "contract"})
+def _im2col_grad_weight(dy3, x, dw2, nb, T, R, S, P, Q, sh, sw, pt, pl, dh, dw):  # pragma: no cover - compiled
+    N, C = x.shape[0], x.shape[1]
+    K, L = dw2.shape
+    G = C * R * S // L
+    Cg = C // G
+    Kg = K // G
+    PQ = P * Q
+    cols = np.empty((nb, G, L, PQ), x.dtype)
+    for n0 in range(0, N, nb):
+        m = min(nb, N - n0)
+        for ig in prange(m * G):
+            _unfold(x[n0 + ig // G], (ig % G) * Cg, R, S, P, Q, cols[ig // G, ig % G], sh, sw, pt, pl, dh, dw)
+        for t in prange(T):
+            k_lo = t * K // T
+            k_hi = (t + 1) * K // T
+            for i in range(m):
+                for j0 in range(0, PQ, _JB):
+                    j1 = min(j0 + _JB, PQ)
+                    for k in range(k_lo, k_hi):
+                        col = cols[i, k // Kg]
+                        grow = dy3[n0 + i, k, j0:j1]
+                        for l in range(L):
+                            crow = col[l, j0:j1]
+                            acc = dw2.dtype.type(0)
+                            for j in range(j1 - j0):
+                                acc += grow[j] * crow[j]
+                            dw2[k, l] += acc
+
+
+def _geometry(w: np.ndarray, p: ConvParams) -> tuple[int, ...]:
+    (sh, sw), (pt, _, pl, _), (dh, dw) = p.stride, p.padding, p.dilation
+    return (w.shape[2], w.shape[3], *p.out_size, sh, sw, pt, pl, dh, dw)
+
+
+def conv2d_forward_numba_im2col(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, p: ConvParams) -> np.ndarray:
+    N, K, G = x.shape[0], w.shape[0], p.groups
+    P, Q = p.out_size
+    y = np.empty((N, K, P, Q), x.dtype)
+    if y.size:
+        w3 = w.reshape(G, K // G, -1)  # (G, Kg, Cg*R*S)
+        _im2col_forward(x, w3, _bias(b, K, x.dtype), y.reshape(N, K, P * Q), min(N, numba.get_num_threads()),
+                        *_geometry(w, p))
+    return y
+
+
+def conv2d_backward_numba_im2col(dy: np.ndarray, x: np.ndarray, w: np.ndarray, p: ConvParams,
+                                 needs: tuple[bool, bool, bool]) -> tuple:
+    N, K, G = x.shape[0], w.shape[0], p.groups
+    P, Q = p.out_size
+    L = w[0].size  # Cg*R*S, the rows of col
+    dy3 = dy.reshape(N, K, P * Q)
+    dx = dw = db = None
+    if needs[0]:
+        dx = np.zeros_like(x)
+        if dx.size:
+            wt = np.ascontiguousarray(w.reshape(G, K // G, L).transpose(0, 2, 1))  # (G, L, Kg)
+            _im2col_grad_input(dy3, wt, dx, min(N, numba.get_num_threads()), *_geometry(w, p))
+    if needs[1]:
+        dw = np.zeros_like(w)
+        if N:
+            nb = max(1, min(N, _COL_ELEMS // (G * L * P * Q)))
+            _im2col_grad_weight(dy3, x, dw.reshape(K, L), nb, min(K, numba.get_num_threads()), *_geometry(w, p))
+    if needs[2]:
+        db = np.zeros(K, dy.dtype)
+        if N:
+            _grad_bias(dy, db)
+    return dx, dw, db
