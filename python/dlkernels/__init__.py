@@ -8,7 +8,7 @@ Each op `x` has `x(...)` (forward), `x_forward(...) -> (outputs, saved)` and
 
 from __future__ import annotations
 
-from . import _cpp, _registry
+from . import _cpp, _registry, nn, optim
 from ._registry import backend, current_backend, kernels
 from ._threads import get_num_threads, set_num_threads
 from .ops.conv import (ConvSaved, conv1d, conv1d_backward, conv1d_forward, conv2d, conv2d_backward,
@@ -41,6 +41,7 @@ _registry.set_availability("cpp", _cpp.available)
 _registry.set_availability("cuda", _cuda_available)
 
 __all__ = [
+    "nn", "optim",
     "backend", "current_backend", "kernels", "get_num_threads", "set_num_threads",
     "matmul", "matmul_forward", "matmul_backward", "MatmulSaved",
     "conv1d", "conv1d_forward", "conv1d_backward", "conv2d", "conv2d_forward", "conv2d_backward", "ConvSaved",

@@ -61,6 +61,10 @@ class Kernel:
         return self.supports(*args) if self.supports else None
 
 
+class VariantRefused(ValueError):
+    """A forced variant cannot take this input (e.g. the depthwise kernel for a dense conv)."""
+
+
 _REGISTRY: dict[tuple[str, str, str, str], Kernel] = {}
 _AVAILABLE: dict[str, Callable[[], bool]] = {}
 
@@ -156,7 +160,7 @@ def select(op: str, direction: str, device: str, *args: Any) -> tuple[Kernel, st
                 k = chosen[0]
                 why = k.refuses(*args)
                 if why:
-                    raise ValueError(f"variant: {k.name} cannot take this input: {why}")
+                    raise VariantRefused(f"variant: {k.name} cannot take this input: {why}")
                 return k, "variant forced"
         for k in ks:  # specialised variants that ask for this input come first
             if k.prefer and not k.refuses(*args):

@@ -76,9 +76,9 @@ class MatmulSaved(NamedTuple):
 def _as_3d(a: Array, b: Array) -> tuple[Array, Array, tuple[int, ...]]:
     """Broadcast the batch dims; return a (B, M, K), b (B, K, N) views and the batch shape."""
     batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
-    m = xp(a)
-    a3 = m.broadcast_to(a, batch + a.shape[-2:]).reshape((-1,) + a.shape[-2:])
-    b3 = m.broadcast_to(b, batch + b.shape[-2:]).reshape((-1,) + b.shape[-2:])
+    m, nb = xp(a), int(np.prod(batch))
+    a3 = m.broadcast_to(a, batch + a.shape[-2:]).reshape((nb,) + a.shape[-2:])
+    b3 = m.broadcast_to(b, batch + b.shape[-2:]).reshape((nb,) + b.shape[-2:])
     return a3, b3, batch
 
 

@@ -1,0 +1,13 @@
+"""dlkernels for PyTorch: drop-in functions and modules over the hand-written kernels.
+
+    import dlkernels.torch as dlt
+    y = dlt.conv2d(x, w, b, padding=1)        # as torch.nn.functional.conv2d
+    layer = dlt.Conv2d(3, 16, 3)              # a torch.nn.Conv2d; loads its state_dict
+
+Every op is a torch.library custom op in the `dlkernels` namespace whose autograd calls the
+hand-written backward. CPU tensors cross as NumPy views, CUDA tensors by DLPack: no copies.
+"""
+
+from .conv import Conv1d, Conv2d, conv1d, conv2d
+
+__all__ = ["conv1d", "conv2d", "Conv1d", "Conv2d"]
