@@ -3,7 +3,7 @@
 // Loop nest (Goto / BLIS):
 //   jc over N in NC columns
 //     pc over K in KC-deep blocks          (K blocking depends on K only, never on threads)
-//       pack B[pc, jc] into NR-wide micro-panels, row-major inside ([k][NR]), shared by the team
+//       pack B[pc, jc] into NR-wide micro-panels, row-major inside ([k][NR])
 //       ic over this thread's rows in MC blocks
 //         pack A[ic, pc] into MR-tall micro-panels ([k][MR]), private to the thread
 //         jr over this thread's NR panels
@@ -27,8 +27,10 @@
 #include <new>
 #include <utility>
 
-#if defined(__AVX512F__) || defined(__FMA__)
+#if defined(__AVX512F__) || defined(__AVX2__) || defined(__FMA__)
 #include <immintrin.h>
+#elif defined(__SSE2__)
+#include <emmintrin.h>
 #endif
 
 namespace dlk {
@@ -92,6 +94,27 @@ inline vec<T> vfma(vec<T> a, vec<T> b, vec<T> c) {  // a * b + c
 #endif
 }
 
+// Broadcast of one element. dlk.h's vbroadcast (vec{} + x) is not folded under strict IEEE
+// (0 + -0 != -0), so it costs an add per call; this is a plain broadcast (an embedded one
+// {1toN} when the compiler folds it into the FMA's memory operand).
+template <typename T>
+inline vec<T> vdup(T x) {
+#if defined(__AVX512F__)
+  if constexpr (sizeof(T) == 4) return (vec<T>)_mm512_set1_ps(x);
+  else return (vec<T>)_mm512_set1_pd(x);
+#elif defined(__AVX2__)
+  if constexpr (sizeof(T) == 4) return (vec<T>)_mm256_set1_ps(x);
+  else return (vec<T>)_mm256_set1_pd(x);
+#elif defined(__SSE2__)
+  if constexpr (sizeof(T) == 4) return (vec<T>)_mm_set1_ps(x);
+  else return (vec<T>)_mm_set1_pd(x);
+#else
+  vec<T> v;
+  for (int t = 0; t < simd<T>::width; ++t) v[t] = x;
+  return v;
+#endif
+}
+
 // ---- thread-local aligned buffers ---------------------------------------------------------
 struct Buffer {
   void* p = nullptr;
@@ -113,7 +136,7 @@ struct Buffer {
   }
 };
 thread_local Buffer tl_buf_a;  // packed A block (+ an edge B panel), private to a thread
-thread_local Buffer tl_buf_b;  // packed B block, owned by the calling thread, shared by its team
+thread_local Buffer tl_buf_b;  // packed B block, private to a thread
 
 // ---- micro-kernel -------------------------------------------------------------------------
 // acc[MRt x NVt*W] = sum_k a[k*MRt + i] * b[k*ldb + j], then stored to C: n valid columns
@@ -130,14 +153,14 @@ void ukernel(int64_t kc, const T* __restrict a, const T* __restrict b, int64_t l
 #pragma GCC unroll 32
   for (int i = 0; i < MRt; ++i) __builtin_prefetch(c + i * ldc, 1);
 
-#pragma GCC unroll 4
+#pragma GCC unroll 1
   for (int64_t k = 0; k < kc; ++k) {
     vec<T> bv[NVt];
 #pragma GCC unroll 8
     for (int j = 0; j < NVt; ++j) bv[j] = vload(b + j * W);
 #pragma GCC unroll 32
     for (int i = 0; i < MRt; ++i) {
-      vec<T> av = vbroadcast(a[i]);
+      vec<T> av = vdup<T>(a[i]);
 #pragma GCC unroll 8
       for (int j = 0; j < NVt; ++j) acc[i][j] = vfma<T>(av, bv[j], acc[i][j]);
     }
@@ -298,7 +321,7 @@ struct Grid {
 };
 
 // Thread grid tm x tn (tm * tn = nt): threads split M panels tm ways and N panels tn ways.
-// Minimises the largest per-thread share of MACs plus the A packing it repeats.
+// Minimises the largest per-thread share of MACs plus the packing of its A rows and B columns.
 inline Grid choose_grid(int nt, int64_t mpan, int mr, int64_t npan, int nr) {
   Grid best{1, nt};
   double best_cost = -1;
@@ -307,7 +330,7 @@ inline Grid choose_grid(int nt, int64_t mpan, int mr, int64_t npan, int nr) {
     int tn = nt / tm;
     double rows = (double)((mpan + tm - 1) / tm) * mr;
     double cols = (double)((npan + tn - 1) / tn) * nr;
-    double cost = rows * (cols + 24.0);
+    double cost = rows * cols + 16.0 * (rows + cols);
     if (best_cost < 0 || cost < best_cost * 0.999) {
       best_cost = cost;
       best = {tm, tn};
@@ -333,107 +356,115 @@ inline int threads_for(int64_t M, int64_t N, int64_t K, bool parallel) {
   return (int)std::min<int64_t>(nt, by_work);
 }
 
-// The core: B either prepacked (whole K x N in the gemm_pack_b layout), packed here per
-// block, or read in place (csb == 1, few rows of A: packing B would cost more than it saves).
+// One call's operands. B is either prepacked (whole K x N in the gemm_pack_b layout), packed
+// here block by block, or read in place (direct: csb == 1 and few rows of A, where packing B
+// would cost more than it saves).
 template <typename T>
-void gemm_driver(int64_t M, int64_t N, int64_t K, const T* A, int64_t rsa, int64_t csa,
-                 const T* B, int64_t rsb, int64_t csb, const T* prepacked, T* C, int64_t ldc,
-                 bool accumulate, bool parallel) {
+struct Operands {
+  int64_t M, N, K;
+  const T* A;
+  int64_t rsa, csa;
+  const T* B;
+  int64_t rsb, csb;
+  const T* prepacked;
+  T* C;
+  int64_t ldc;
+  bool accumulate, direct_b;
+};
+
+// The serial algorithm on C rows [m0, m1) and columns [n0, n1), n0 a multiple of NR.
+// Each thread runs it on its own block with its own buffers: no barriers, no sharing.
+template <typename T>
+void gemm_block(const Operands<T>& o, const KBlocking<T>& kb, int64_t m0, int64_t m1, int64_t n0,
+                int64_t n1) {
   using CF = Cfg<T>;
   constexpr int MR = CF::MR, NR = CF::NR, W = CF::W;
-  if (M <= 0 || N <= 0) return;
-  if (K <= 0) {
-    if (!accumulate) zero_c(M, N, C, ldc);
-    return;
-  }
-  const KBlocking<T> kb(K);
-  const int64_t npad = round_up(N, NR);  // prepacked: columns per K block
-  const bool direct_b = !prepacked && csb == 1 && M <= 2 * MR;
-  const int64_t NC = prepacked || direct_b ? N : std::min<int64_t>(CF::NC, npad);
-  const int nt = threads_for(M, N, K, parallel);
+  if (m0 >= m1 || n0 >= n1) return;
+  const int64_t npad = round_up(o.N, NR);
+  const int64_t NC = o.prepacked || o.direct_b ? n1 - n0 : CF::NC;
+  T* abuf = tl_buf_a.get<T>(CF::MC * kb.kcb + kb.kcb * NR);
+  T* edge_b = abuf + CF::MC * kb.kcb;
+  T* bbuf = nullptr;
+  if (!o.prepacked && !o.direct_b)
+    bbuf = tl_buf_b.get<T>(kb.kcb * std::min<int64_t>(NC, round_up(n1 - n0, NR)));
 
-  T* shared_b = nullptr;
-  if (!prepacked && !direct_b) shared_b = tl_buf_b.get<T>(kb.kcb * std::min<int64_t>(NC, npad));
+  for (int64_t jc = n0; jc < n1; jc += NC) {
+    const int64_t nc = std::min<int64_t>(NC, n1 - jc);
+    for (int64_t pb = 0; pb < kb.nblocks; ++pb) {
+      const int64_t pc = pb * kb.kcb;
+      const int64_t kc = std::min<int64_t>(kb.kcb, o.K - pc);
+      const bool overwrite = !o.accumulate && pb == 0;
 
-  const int64_t mpan_total = (M + MR - 1) / MR;
-
-  auto body = [&](const int tid, const int nth) {
-    T* abuf = tl_buf_a.get<T>(CF::MC * kb.kcb + (int64_t)kb.kcb * NR);
-    T* edge_b = abuf + CF::MC * kb.kcb;
-
-    for (int64_t jc = 0; jc < N; jc += NC) {
-      const int64_t nc = std::min<int64_t>(NC, N - jc);
-      const int64_t npan = (nc + NR - 1) / NR;
-      const Grid g = choose_grid(nth, mpan_total, MR, npan, NR);
-      const int gm = tid / g.tn, gn = tid % g.tn;
-      const int64_t p0 = split_first(npan, g.tn, gn), p1 = split_first(npan, g.tn, gn + 1);
-      const int64_t m0 = std::min<int64_t>(M, split_first(mpan_total, g.tm, gm) * MR);
-      const int64_t m1 = std::min<int64_t>(M, split_first(mpan_total, g.tm, gm + 1) * MR);
-
-      for (int64_t pb = 0; pb < kb.nblocks; ++pb) {
-        const int64_t pc = pb * kb.kcb;
-        const int64_t kc = std::min<int64_t>(kb.kcb, K - pc);
-        const bool overwrite = !accumulate && pb == 0;
-
-        // B block: panel p of this block starts at bblk + p * NR * kc
-        const T* bblk = nullptr;
-        if (prepacked) {
-          bblk = prepacked + pc * npad + (jc / NR) * NR * kc;
-        } else if (!direct_b) {
-          // every thread packs the panels it will use first (for locality), all are shared
-          const int64_t q0 = split_first(npan, nth, tid), q1 = split_first(npan, nth, tid + 1);
-          for (int64_t p = q0; p < q1; ++p) {
-            const int nr = (int)std::min<int64_t>(NR, nc - p * NR);
-            pack_b_panel<T>(kc, nr, B + pc * rsb + (jc + p * NR) * csb, rsb, csb,
-                            shared_b + p * NR * kc);
-          }
-          if (nth > 1) {
-#pragma omp barrier
-          }
-          bblk = shared_b;
+      // B block: the panel of columns [j, j + NR) starts at bblk + j * kc
+      const T* bblk = nullptr;
+      if (o.prepacked) {
+        bblk = o.prepacked + pc * npad + jc * kc;
+      } else if (!o.direct_b) {
+        for (int64_t j = 0; j < nc; j += NR) {
+          const int nr = (int)std::min<int64_t>(NR, nc - j);
+          pack_b_panel<T>(kc, nr, o.B + pc * o.rsb + (jc + j) * o.csb, o.rsb, o.csb,
+                          bbuf + j * kc);
         }
+        bblk = bbuf;
+      }
 
-        for (int64_t ic = m0; ic < m1; ic += CF::MC) {
-          const int64_t mc = std::min<int64_t>(CF::MC, m1 - ic);
-          pack_a_block<T>(mc, kc, A + ic * rsa + pc * csa, rsa, csa, abuf);
-          for (int64_t p = p0; p < p1; ++p) {
-            const int64_t j = p * NR;
-            const int nr = (int)std::min<int64_t>(NR, nc - j);
-            const int nv = (nr + W - 1) / W;
-            const T* bp;
-            int64_t ldb;
-            if (direct_b) {
-              if (nr % W == 0) {
-                bp = B + pc * rsb + (jc + j);
-                ldb = rsb;
-              } else {
-                pack_b_panel<T>(kc, nr, B + pc * rsb + (jc + j), rsb, 1, edge_b);
-                bp = edge_b;
-                ldb = nv * W;
-              }
-            } else {
-              bp = bblk + j * kc;
-              ldb = nv * W;
-            }
-            for (int64_t i = 0; i < mc; i += MR) {
-              const int mr = (int)std::min<int64_t>(MR, mc - i);
-              get_kernel<T>(mr, nv)(kc, abuf + i * kc, bp, ldb, C + (ic + i) * ldc + jc + j,
-                                    ldc, nr, overwrite);
-            }
+      for (int64_t ic = m0; ic < m1; ic += CF::MC) {
+        const int64_t mc = std::min<int64_t>(CF::MC, m1 - ic);
+        pack_a_block<T>(mc, kc, o.A + ic * o.rsa + pc * o.csa, o.rsa, o.csa, abuf);
+        for (int64_t j = 0; j < nc; j += NR) {
+          const int nr = (int)std::min<int64_t>(NR, nc - j);
+          const int nv = (nr + W - 1) / W;
+          const T* bp;
+          int64_t ldb;
+          if (!o.direct_b) {
+            bp = bblk + j * kc;
+            ldb = nv * W;
+          } else if (nr % W == 0) {
+            bp = o.B + pc * o.rsb + (jc + j);
+            ldb = o.rsb;
+          } else {  // a partial vector would read past the row: pack this panel
+            pack_b_panel<T>(kc, nr, o.B + pc * o.rsb + (jc + j), o.rsb, 1, edge_b);
+            bp = edge_b;
+            ldb = nv * W;
           }
-        }
-        if (!prepacked && !direct_b && nth > 1) {
-#pragma omp barrier
+          T* cp = o.C + ic * o.ldc + jc + j;
+          for (int64_t i = 0; i < mc; i += MR) {
+            const int mr = (int)std::min<int64_t>(MR, mc - i);
+            get_kernel<T>(mr, nv)(kc, abuf + i * kc, bp, ldb, cp + i * o.ldc, o.ldc, nr,
+                                  overwrite);
+          }
         }
       }
     }
-  };
+  }
+}
 
+template <typename T>
+void gemm_driver(const Operands<T>& o, bool parallel) {
+  using CF = Cfg<T>;
+  constexpr int MR = CF::MR, NR = CF::NR;
+  if (o.M <= 0 || o.N <= 0) return;
+  if (o.K <= 0) {
+    if (!o.accumulate) zero_c(o.M, o.N, o.C, o.ldc);
+    return;
+  }
+  const KBlocking<T> kb(o.K);
+  const int nt = threads_for(o.M, o.N, o.K, parallel);
   if (nt <= 1) {
-    body(0, 1);
-  } else {
+    gemm_block<T>(o, kb, 0, o.M, 0, o.N);
+    return;
+  }
+  const int64_t mpan = (o.M + MR - 1) / MR, npan = (o.N + NR - 1) / NR;
 #pragma omp parallel num_threads(nt)
-    body(thread_id(), team_size());
+  {
+    const int nth = team_size(), tid = thread_id();
+    const Grid g = choose_grid(nth, mpan, MR, npan, NR);
+    const int gm = tid / g.tn, gn = tid % g.tn;
+    const int64_t m0 = std::min<int64_t>(o.M, split_first(mpan, g.tm, gm) * MR);
+    const int64_t m1 = std::min<int64_t>(o.M, split_first(mpan, g.tm, gm + 1) * MR);
+    const int64_t n0 = std::min<int64_t>(o.N, split_first(npan, g.tn, gn) * NR);
+    const int64_t n1 = std::min<int64_t>(o.N, split_first(npan, g.tn, gn + 1) * NR);
+    gemm_block<T>(o, kb, m0, m1, n0, n1);
   }
 }
 
@@ -443,7 +474,9 @@ void gemm_driver(int64_t M, int64_t N, int64_t K, const T* A, int64_t rsa, int64
 template <typename T>
 void gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t rsa, int64_t csa, const T* B,
           int64_t rsb, int64_t csb, T* C, int64_t ldc, bool accumulate, bool parallel) {
-  gemm_driver<T>(M, N, K, A, rsa, csa, B, rsb, csb, nullptr, C, ldc, accumulate, parallel);
+  const bool direct_b = csb == 1 && M <= 2 * Cfg<T>::MR;
+  gemm_driver<T>({M, N, K, A, rsa, csa, B, rsb, csb, nullptr, C, ldc, accumulate, direct_b},
+                 parallel);
 }
 
 template <typename T>
@@ -472,7 +505,8 @@ void gemm_pack_b(int64_t K, int64_t N, const T* B, int64_t rsb, int64_t csb, T* 
 template <typename T>
 void gemm_prepacked_b(int64_t M, int64_t N, int64_t K, const T* A, int64_t rsa, int64_t csa,
                       const T* packed_b, T* C, int64_t ldc, bool accumulate, bool parallel) {
-  gemm_driver<T>(M, N, K, A, rsa, csa, nullptr, 0, 0, packed_b, C, ldc, accumulate, parallel);
+  gemm_driver<T>({M, N, K, A, rsa, csa, nullptr, 0, 0, packed_b, C, ldc, accumulate, false},
+                 parallel);
 }
 
 #define DLK_GEMM_INSTANTIATE(T)                                                               \
