@@ -33,4 +33,5 @@ class Case:
     quick: bool = False  # part of `dlkernels bench --quick`
     backends: tuple[str, ...] = ("cpp", "numba")  # backends timed (the reference is only the validator)
     variants: dict[str, tuple[str, ...]] = field(default_factory=dict)  # backend -> variants to time (default: all)
-    tol: float = 1e-3  # validation: max |out - reference| / max(1, max |reference|)
+    tol: float = 1e-3  # validation: max |out - oracle| / max(1, max |oracle|)
+    oracle: str = "reference"  # what validates the outputs: the reference backend, or a peer's name

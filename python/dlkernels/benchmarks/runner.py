@@ -1,0 +1,256 @@
+"""The runner behind `dlkernels bench`: validate, then time, every case × backend × variant.
+
+Per row: median ms, GFLOP/s (or GB/s for memory-bound ops), % of this machine's peak
+measured in the same run (NumPy float32 matmul at 2048³ for FLOPs, a large copy for
+bandwidth), and the speedup against each peer timed in the same process on the same
+threads. Absolute times drift on shared machines; the ratios are what to quote.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .. import _cpp, _registry
+from .._registry import VariantRefused
+from ..benchmarks import Case, all_cases
+
+Row = dict[str, Any]
+
+
+def timeit(fn: Callable[[], Any], runs: int = 5, budget: float = 1.0) -> tuple[float, int]:
+    """(median seconds, runs) of fn after one warm-up call; fewer runs when one call is slow."""
+    t0 = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t0
+    n = max(2, min(runs, int(budget / max(first, 1e-9))))
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), n
+
+
+def measure_peak() -> dict[str, float]:
+    """This machine's float32 GEMM GFLOP/s (NumPy 2048³) and copy bandwidth in GB/s, now."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((2048, 2048), dtype=np.float32)
+    b = rng.standard_normal((2048, 2048), dtype=np.float32)
+    t, _ = timeit(lambda: a @ b, runs=5, budget=3.0)
+    src = np.ones(64 * 2**20, np.float32)  # 256 MiB: far past the caches
+    dst = np.empty_like(src)
+    tc, _ = timeit(lambda: np.copyto(dst, src), runs=5, budget=2.0)
+    return {"gflops": 2 * 2048**3 / t / 1e9, "copy_gbs": 2 * src.nbytes / tc / 1e9}
+
+
+def _leaves(out: Any) -> list[np.ndarray]:
+    """The arrays of a (possibly nested) output, as NumPy."""
+    if isinstance(out, (tuple, list)):
+        return [a for o in out for a in _leaves(o)]
+    if out is None:
+        return []
+    if hasattr(out, "detach"):
+        out = out.detach().cpu().numpy()
+    return [np.asarray(out)]
+
+
+def _error(out: Any, oracle: Any) -> float:
+    errs = []
+    for a, e in zip(_leaves(out), _leaves(oracle)):
+        if a.shape != e.shape:
+            return float("inf")
+        if e.size:
+            scale = max(1.0, float(np.max(np.abs(e))))
+            errs.append(float(np.max(np.abs(a.astype(np.float64) - e))) / scale)
+    return max(errs, default=0.0)
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    from .. import get_num_threads
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": get_num_threads(), "isa": _cpp.get_isa(),
+            "python": platform.python_version(), "numpy": np.__version__, "torch": _torch_version()}
+
+
+def _torch_version() -> str | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch.__version__
+
+
+def commit() -> str | None:
+    try:
+        here = os.path.dirname(os.path.abspath(__file__))
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=here, timeout=5).stdout.strip() or None
+    except Exception:
+        return None
+
+
+def _variants(case: Case, backend: str) -> list[str]:
+    names = [k.variant for k in _registry.kernels(case.op, "forward", backend)]
+    return [v for v in names if v in case.variants.get(backend, names)]
+
+
+def _targets(cases: list[tuple[str, Case]], backends: list[str] | None) -> list[tuple[Case, str, str]]:
+    out = []
+    for _, case in cases:
+        for b in case.backends:
+            if (backends and b not in backends) or not _registry.available(b):
+                continue
+            out += [(case, b, v) for v in _variants(case, b)]
+    return out
+
+
+def run(op: str | None = None, backends: list[str] | None = None, quick: bool = False,
+        max_seconds: float = 3.0, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the benchmark and return its results (what --json writes)."""
+    import dlkernels as dk
+
+    cases = [(m, c) for m, c in all_cases() if (op is None or op in (m, c.op)) and (c.quick or not quick)]
+    if not cases:
+        raise ValueError(f"op: no benchmark case matches {op!r}")
+    try:
+        import torch
+        torch.set_num_threads(dk.get_num_threads())
+    except ImportError:
+        log("torch not installed: no peer timings (pip install dlkernels[bench])")
+    log(f"dlkernels bench: {len(cases)} cases, {dk.get_num_threads()} threads, ISA {_cpp.get_isa()}")
+    peak = measure_peak()
+    log(f"machine peak, measured now: {peak['gflops']:.1f} GFLOP/s (NumPy float32 matmul 2048³), "
+        f"{peak['copy_gbs']:.1f} GB/s (copy)")
+    rows: list[Row] = []
+    targets = _targets(cases, backends)
+    done = 0
+    for _, case in cases:
+        state = case.setup()
+        peers = {name: make(state) for name, make in case.peers.items()}
+        peer_times = {}
+        for name, (fwd, fwdbwd) in peers.items():
+            peer_times[name] = {"forward": timeit(fwd)[0], "forward+backward": timeit(fwdbwd)[0] if fwdbwd else None}
+        if case.oracle == "reference":
+            with dk.backend("reference"):
+                oracle = case.forward(state)
+        else:
+            oracle = peers[case.oracle][0]()
+        for c, b, v in targets:
+            if c is not case:
+                continue
+            done += 1
+            row: Row = {"case": case.id, "op": case.op, "shape": case.shape, "backend": b, "variant": v}
+            try:
+                with dk.backend(b, v):
+                    err = _error(case.forward(state), oracle)
+                    row["max_error"] = err
+                    if not err <= case.tol:
+                        row["status"] = f"INVALID (error {err:.2g} > {case.tol:.0e})"
+                    for direction, fn in (("forward", case.forward), ("forward+backward", case.backward)):
+                        if fn is None or "status" in row:
+                            continue
+                        log(f"[{done}/{len(targets)}] {case.id} {b}/{v} {direction}")
+                        t0 = time.perf_counter()
+                        fn(state)  # the warm-up decides whether the variant is too slow to time
+                        if time.perf_counter() - t0 > max_seconds:
+                            row[direction] = {"skipped": f"one call took over {max_seconds:.0f} s"}
+                            continue
+                        t, n = timeit(lambda: fn(state))
+                        row[direction] = _figures(case, state, direction, t, n, peak, peer_times)
+            except VariantRefused:  # a specialised variant that does not fit this shape
+                continue
+            rows.append(row)
+            log(format_row(row))
+    return {"machine": machine(), "commit": commit(), "command": " ".join(["dlkernels"] + sys.argv[1:]),
+            "peak": peak, "rows": rows}
+
+
+def _figures(case: Case, state: Any, direction: str, t: float, n: int, peak: dict, peer_times: dict) -> dict:
+    fig: dict[str, Any] = {"ms": t * 1e3, "runs": n}
+    if case.flops:
+        f = case.flops(state)
+        if direction != "forward":
+            f += case.backward_flops(state) if case.backward_flops else 2 * f
+        fig["gflops"] = f / t / 1e9
+        fig["pct_peak"] = 100 * fig["gflops"] / peak["gflops"]
+    if case.bytes and direction == "forward":
+        fig["gbs"] = case.bytes(state) / t / 1e9
+        fig["pct_bandwidth"] = 100 * fig["gbs"] / peak["copy_gbs"]
+    for name, times in peer_times.items():
+        if times.get(direction):
+            fig[f"speedup_vs_{name}"] = times[direction] / t
+            fig[f"{name}_ms"] = times[direction] * 1e3
+    return fig
+
+
+def format_row(row: Row) -> str:
+    head = f"  {row['case']:<5} {row['backend'] + '/' + row['variant']:<24}"
+    if "status" in row:
+        return head + row["status"]
+    parts = []
+    for direction in ("forward", "forward+backward"):
+        fig = row.get(direction)
+        if not fig:
+            continue
+        if "skipped" in fig:
+            parts.append(f"{direction}: skipped, {fig['skipped']}")
+            continue
+        s = f"{direction}: {fig['ms']:8.2f} ms"
+        if "gflops" in fig:
+            s += f" {fig['gflops']:7.1f} GFLOP/s ({fig['pct_peak']:3.0f}% peak)"
+        if "gbs" in fig:
+            s += f" {fig['gbs']:6.1f} GB/s ({fig['pct_bandwidth']:3.0f}% bw)"
+        for k, v in fig.items():
+            if k.startswith("speedup_vs_"):
+                s += f" {v:5.2f}x {k[len('speedup_vs_'):]}"
+        parts.append(s)
+    return head + f"valid (err {row['max_error']:.1e})  " + " | ".join(parts)
+
+
+def save_json(results: dict, path: str) -> None:
+    with open(path, "w") as f:
+        json.dump(results, f, indent=1)
+
+
+def plot(results: dict, path: str) -> None:
+    """A PNG of forward and forward+backward speedups against the first peer, per case and kernel."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels, fwd, both = [], [], []
+    for r in results["rows"]:
+        f, fb = r.get("forward") or {}, r.get("forward+backward") or {}
+        s1 = next((v for k, v in f.items() if k.startswith("speedup_vs_")), None)
+        if s1 is None:
+            continue
+        s2 = next((v for k, v in fb.items() if k.startswith("speedup_vs_")), 0.0)
+        labels.append(f"{r['case']} {r['backend']}/{r['variant']}")
+        fwd.append(s1)
+        both.append(s2)
+    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(labels)), 4.5))
+    x = np.arange(len(labels))
+    ax.bar(x - 0.2, fwd, 0.4, label="forward")
+    ax.bar(x + 0.2, both, 0.4, label="forward+backward")
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xticks(x, labels, rotation=70, ha="right", fontsize=7)
+    ax.set_ylabel("speedup vs peer (same process)")
+    ax.set_title(f"dlkernels bench — {results['machine']['cpu']}, {results['machine']['threads']} threads")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
