@@ -202,6 +202,94 @@ void conv2d_backward(const std::string& variant, py::array dy, py::array x, py::
   else conv2d_backward_t<float>(variant, dy, x, w, dx, dw, db, p, groups);
 }
 
+// ---- lstm ----------------------------------------------------------------------------------
+
+// Sizes come from x (T, B, I), c0 (B, H), h0 (B, P); every other array is checked against them.
+template <typename T>
+void lstm_forward_t(py::array x, py::array h0, py::array c0, py::array w_ih, py::array w_hh,
+                    py::object bias, py::object w_hr, py::object lengths, py::array y,
+                    py::array h_n, py::array c_n, py::array gates, py::array cs) {
+  if (x.ndim() != 3 || h0.ndim() != 2 || c0.ndim() != 2)
+    throw py::value_error("input, hx, cx: expected (T, B, I), (B, P), (B, H)");
+  const int64_t Tn = x.shape(0), B = x.shape(1), I = x.shape(2), H = c0.shape(1), P = h0.shape(1);
+  const T* X = check<T>(x, "input", {Tn, B, I}, false);
+  const T* H0 = check<T>(h0, "hx", {B, P}, false);
+  const T* C0 = check<T>(c0, "cx", {B, H}, false);
+  const T* WI = check<T>(w_ih, "w_ih", {4 * H, I}, false);
+  const T* WH = check<T>(w_hh, "w_hh", {4 * H, P}, false);
+  const T* BI = check_opt<T>(bias, "bias", {4 * H}, false);
+  const T* WR = check_opt<T>(w_hr, "w_hr", {P, H}, false);
+  if (!WR && P != H) throw py::value_error("hx: expected P == H without w_hr");
+  const int64_t* L = check_opt<int64_t>(lengths, "lengths", {B}, false);
+  T* Y = check<T>(y, "output", {Tn, B, P}, true);
+  T* HN = check<T>(h_n, "h_n", {B, P}, true);
+  T* CN = check<T>(c_n, "c_n", {B, H}, true);
+  T* GT = check<T>(gates, "gates", {Tn, B, 4 * H}, true);
+  T* CS = check<T>(cs, "c", {Tn, B, H}, true);
+  for (int64_t b = 0; L && b < B; ++b)
+    if (L[b] < 0 || L[b] > Tn) throw py::value_error("lengths: expected values in [0, T]");
+  py::gil_scoped_release nogil;
+  DLK_CALL(lstm_forward<T>, Tn, B, I, H, P, X, H0, C0, WI, WH, BI, WR, L, Y, HN, CN, GT, CS);
+}
+
+void lstm_forward(py::array x, py::array h0, py::array c0, py::array w_ih, py::array w_hh,
+                  py::object bias, py::object w_hr, py::object lengths, py::array y, py::array h_n,
+                  py::array c_n, py::array gates, py::array cs) {
+  if (is_f64(x)) lstm_forward_t<double>(x, h0, c0, w_ih, w_hh, bias, w_hr, lengths, y, h_n, c_n, gates, cs);
+  else lstm_forward_t<float>(x, h0, c0, w_ih, w_hh, bias, w_hr, lengths, y, h_n, c_n, gates, cs);
+}
+
+template <typename T>
+void lstm_backward_t(py::array dy, py::array dh_n, py::array dc_n, py::array x, py::array h0,
+                     py::array c0, py::array w_ih, py::array w_hh, py::object w_hr,
+                     py::object lengths, py::array gates, py::array cs, py::array y, py::array dx,
+                     py::array dh0, py::array dc0, py::array dw_ih, py::array dw_hh, py::array db,
+                     py::object dw_hr) {
+  if (x.ndim() != 3 || h0.ndim() != 2 || c0.ndim() != 2)
+    throw py::value_error("input, hx, cx: expected (T, B, I), (B, P), (B, H)");
+  const int64_t Tn = x.shape(0), B = x.shape(1), I = x.shape(2), H = c0.shape(1), P = h0.shape(1);
+  const T* DY = check<T>(dy, "grad_output", {Tn, B, P}, false);
+  const T* DHN = check<T>(dh_n, "grad_h_n", {B, P}, false);
+  const T* DCN = check<T>(dc_n, "grad_c_n", {B, H}, false);
+  const T* X = check<T>(x, "input", {Tn, B, I}, false);
+  const T* H0 = check<T>(h0, "hx", {B, P}, false);
+  const T* C0 = check<T>(c0, "cx", {B, H}, false);
+  const T* WI = check<T>(w_ih, "w_ih", {4 * H, I}, false);
+  const T* WH = check<T>(w_hh, "w_hh", {4 * H, P}, false);
+  const T* WR = check_opt<T>(w_hr, "w_hr", {P, H}, false);
+  if (!WR && P != H) throw py::value_error("hx: expected P == H without w_hr");
+  const int64_t* L = check_opt<int64_t>(lengths, "lengths", {B}, false);
+  const T* GT = check<T>(gates, "gates", {Tn, B, 4 * H}, false);
+  const T* CS = check<T>(cs, "c", {Tn, B, H}, false);
+  const T* Y = check<T>(y, "output", {Tn, B, P}, false);
+  T* DX = check<T>(dx, "grad_input", {Tn, B, I}, true);
+  T* DH0 = check<T>(dh0, "grad_hx", {B, P}, true);
+  T* DC0 = check<T>(dc0, "grad_cx", {B, H}, true);
+  T* DWI = check<T>(dw_ih, "grad_w_ih", {4 * H, I}, true);
+  T* DWH = check<T>(dw_hh, "grad_w_hh", {4 * H, P}, true);
+  T* DB = check<T>(db, "grad_bias", {4 * H}, true);
+  T* DWR = check_opt<T>(dw_hr, "grad_w_hr", {P, H}, true);
+  if ((WR == nullptr) != (DWR == nullptr)) throw py::value_error("grad_w_hr: expected with w_hr only");
+  for (int64_t b = 0; L && b < B; ++b)
+    if (L[b] < 0 || L[b] > Tn) throw py::value_error("lengths: expected values in [0, T]");
+  py::gil_scoped_release nogil;
+  DLK_CALL(lstm_backward<T>, Tn, B, I, H, P, DY, DHN, DCN, X, H0, C0, WI, WH, WR, L, GT, CS, Y, DX,
+           DH0, DC0, DWI, DWH, DB, DWR);
+}
+
+void lstm_backward(py::array dy, py::array dh_n, py::array dc_n, py::array x, py::array h0,
+                   py::array c0, py::array w_ih, py::array w_hh, py::object w_hr,
+                   py::object lengths, py::array gates, py::array cs, py::array y, py::array dx,
+                   py::array dh0, py::array dc0, py::array dw_ih, py::array dw_hh, py::array db,
+                   py::object dw_hr) {
+  if (is_f64(x))
+    lstm_backward_t<double>(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, lengths, gates, cs, y, dx,
+                            dh0, dc0, dw_ih, dw_hh, db, dw_hr);
+  else
+    lstm_backward_t<float>(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, lengths, gates, cs, y, dx,
+                           dh0, dc0, dw_ih, dw_hh, db, dw_hr);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -227,4 +315,12 @@ PYBIND11_MODULE(_C, m) {
   m.def("conv2d_backward", &conv2d_backward, py::arg("variant"), py::arg("grad_output"),
         py::arg("input"), py::arg("weight"), py::arg("grad_input"), py::arg("grad_weight"),
         py::arg("grad_bias"), py::arg("params"), py::arg("groups"));
+  m.def("lstm_forward", &lstm_forward, py::arg("input"), py::arg("hx"), py::arg("cx"), py::arg("w_ih"),
+        py::arg("w_hh"), py::arg("bias"), py::arg("w_hr"), py::arg("lengths"), py::arg("output"),
+        py::arg("h_n"), py::arg("c_n"), py::arg("gates"), py::arg("c"));
+  m.def("lstm_backward", &lstm_backward, py::arg("grad_output"), py::arg("grad_h_n"),
+        py::arg("grad_c_n"), py::arg("input"), py::arg("hx"), py::arg("cx"), py::arg("w_ih"),
+        py::arg("w_hh"), py::arg("w_hr"), py::arg("lengths"), py::arg("gates"), py::arg("c"),
+        py::arg("output"), py::arg("grad_input"), py::arg("grad_hx"), py::arg("grad_cx"),
+        py::arg("grad_w_ih"), py::arg("grad_w_hh"), py::arg("grad_bias"), py::arg("grad_w_hr"));
 }

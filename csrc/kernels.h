@@ -56,5 +56,22 @@ template <typename T>
 void conv2d_backward_depthwise(const ConvShape& s, const T* dy, const T* x, const T* w, T* dx,
                                T* dw, T* db);
 
+// ---- lstm.cpp ---------------------------------------------------------------------------
+// One LSTM layer, one direction, time-major and C-contiguous: x (T, B, I), h0 (B, P), c0 (B, H),
+// w_ih (4H, I), w_hh (4H, P), bias (4H) = b_ih + b_hh or null, w_hr (P, H) or null (P = H),
+// lengths (B) or null. Forward writes y (T, B, P), h_n (B, P), c_n (B, H), gates (T, B, 4H)
+// activated, cs (T, B, H). Backward writes every gradient (dw_hr only with w_hr); db = dZ's
+// column sums (the gradient of b_ih and of b_hh alike). Deterministic.
+template <typename T>
+void lstm_forward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const T* x, const T* h0,
+                  const T* c0, const T* w_ih, const T* w_hh, const T* bias, const T* w_hr,
+                  const int64_t* lengths, T* y, T* h_n, T* c_n, T* gates, T* cs);
+template <typename T>
+void lstm_backward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const T* dy,
+                   const T* dh_n, const T* dc_n, const T* x, const T* h0, const T* c0,
+                   const T* w_ih, const T* w_hh, const T* w_hr, const int64_t* lengths,
+                   const T* gates, const T* cs, const T* y, T* dx, T* dh0, T* dc0, T* dw_ih,
+                   T* dw_hh, T* db, T* dw_hr);
+
 }  // namespace DLK_ISA
 }  // namespace dlk

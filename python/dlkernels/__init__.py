@@ -13,6 +13,8 @@ from ._registry import backend, current_backend, kernels
 from ._threads import get_num_threads, set_num_threads
 from .ops.conv import (ConvSaved, conv1d, conv1d_backward, conv1d_forward, conv2d, conv2d_backward,
                        conv2d_forward)
+from .ops.lstm import (LSTMSaved, lstm, lstm_backward, lstm_cell, lstm_cell_backward, lstm_cell_forward,
+                       lstm_forward)
 from .ops.matmul import MatmulSaved, matmul, matmul_backward, matmul_forward
 
 __version__ = "0.1.0"
@@ -45,4 +47,5 @@ __all__ = [
     "backend", "current_backend", "kernels", "get_num_threads", "set_num_threads",
     "matmul", "matmul_forward", "matmul_backward", "MatmulSaved",
     "conv1d", "conv1d_forward", "conv1d_backward", "conv2d", "conv2d_forward", "conv2d_backward", "ConvSaved",
+    "lstm", "lstm_forward", "lstm_backward", "lstm_cell", "lstm_cell_forward", "lstm_cell_backward", "LSTMSaved",
 ]

@@ -1,0 +1,307 @@
+// lstm.cpp: one LSTM layer, one direction, forward and backward through time (float, double).
+//
+// The plan of Appleyard, Kocisky and Blunsom (2016), "Optimizing performance of recurrent
+// neural networks on GPUs", on the CPU:
+//   forward   Z = X W_ihᵀ for all T steps as ONE gemm ([T*B, I] x [I, 4H]);
+//             W_hhᵀ packed once (gemm_pack_b) and reused by every step's
+//             Z_t += h_{t-1} W_hhᵀ (gemm_prepacked_b);
+//             one fused, vectorised pass per step for bias, the four activations, c and h;
+//             with a projection, h = m W_hrᵀ by a second prepacked gemm.
+//   backward  per step only what the recurrence needs: dh_{t-1} = dZ_t W_hh (prepacked) and
+//             the fused elementwise pass; then dX = dZ W_ih, dW_ih = dZᵀ X, dW_hh = dZᵀ H_prev,
+//             dW_hr = dHᵀ M as single gemms over all T*B rows, and db as one column sum.
+// Layout: time-major, C-contiguous; gates saved activated (i, f, g, o), c saved every step.
+// Lengths (or null): sequence b runs steps t < lengths[b]; past its end it keeps its state
+// and outputs 0, and its gradients pass through unchanged.
+// Deterministic: the gemm is (see gemm.cpp) and every other sum runs in a fixed order.
+#include "dlk.h"
+#include "kernels.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <memory>
+#include <new>
+#include <vector>
+
+namespace dlk {
+namespace DLK_ISA {
+namespace {
+
+template <typename T>
+struct Workspace {  // per-call scratch, freed on return (no global state)
+  std::vector<T> v;
+  explicit Workspace(int64_t n) : v((size_t)std::max<int64_t>(n, 1)) {}
+  T* data() { return v.data(); }
+};
+
+// ---- vector math --------------------------------------------------------------------------
+// exp for float lanes: Cephes' expf (range reduction by ln 2, degree-5 polynomial, ~1 ulp),
+// the 2^n scaling done on the exponent bits. Double lanes call std::exp (the float64 path is
+// for checking gradients, so it keeps libm's accuracy).
+template <typename T>
+inline vec<T> vexp(vec<T> x) {
+  constexpr int W = simd<T>::width;
+  if constexpr (sizeof(T) == 4) {
+    typedef int32_t ivec __attribute__((vector_size(VBYTES)));
+    x = x < 88.3762626647949f ? x : 88.3762626647949f;
+    x = x > -87.3365447504f ? x : -87.3365447504f;
+    const vec<T> magic = vec<T>{} + 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+    vec<T> t = x * 1.44269504088896341f + magic;
+    vec<T> n = t - magic;
+    ivec ni = (ivec)t - (ivec)magic;
+    vec<T> r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    vec<T> p = vec<T>{} + 1.9875691500E-4f;
+    p = p * r + 1.3981999507E-3f;
+    p = p * r + 8.3334519073E-3f;
+    p = p * r + 4.1665795894E-2f;
+    p = p * r + 1.6666665459E-1f;
+    p = p * r + 5.0000001201E-1f;
+    p = p * r * r + r + 1.0f;
+    ivec e = (ni + 127) << 23;
+    return p * (vec<T>)e;
+  } else {
+    vec<T> out;
+    for (int k = 0; k < W; ++k) out[k] = std::exp(x[k]);
+    return out;
+  }
+}
+
+template <typename T>
+inline vec<T> vsigmoid(vec<T> x) {
+  return T(1) / (T(1) + vexp<T>(-x));
+}
+
+// tanh(x) = 2 σ(2x) - 1 for float (absolute error ~1e-7); std::tanh per lane for double.
+template <typename T>
+inline vec<T> vtanh(vec<T> x) {
+  if constexpr (sizeof(T) == 4) {
+    return T(2) * vsigmoid<T>(x + x) - T(1);
+  } else {
+    vec<T> out;
+    for (int k = 0; k < simd<T>::width; ++k) out[k] = std::tanh(x[k]);
+    return out;
+  }
+}
+
+// Loads n <= W elements (the rest 0) / stores n elements: for the tail of a row.
+template <typename T>
+inline vec<T> vload_n(const T* p, int n) {
+  vec<T> v = vec<T>{};
+  for (int k = 0; k < n; ++k) v[k] = p[k];
+  return v;
+}
+template <typename T>
+inline void vstore_n(T* p, vec<T> v, int n) {
+  for (int k = 0; k < n; ++k) p[k] = v[k];
+}
+
+inline bool running(const int64_t* lengths, int64_t t, int64_t b) {
+  return lengths == nullptr || t < lengths[b];
+}
+
+// Splits rows [0, n) over the threads when the work is big enough; fn(row) is independent
+// per row, so the result does not depend on the split.
+template <typename F>
+inline void for_rows(int64_t n, int64_t work_per_row, F fn) {
+  const bool par = !in_parallel() && max_threads() > 1 && n > 1 && n * work_per_row >= 16384;
+  if (par) {
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < n; ++r) fn(r);
+  } else {
+    for (int64_t r = 0; r < n; ++r) fn(r);
+  }
+}
+
+// ---- forward: one step's elementwise work, row b --------------------------------------------
+// z (4H) holds x W_ihᵀ + h W_hhᵀ; activates it in place (+ bias); c (H) is c_{t-1} in and c_t
+// out when running; m (H) gets o * tanh(c_t).
+template <typename T>
+void gates_forward_row(int64_t H, T* z, const T* bias, T* c, T* m, bool run) {
+  constexpr int W = simd<T>::width;
+  for (int64_t j = 0; j < H; j += W) {
+    const int n = (int)std::min<int64_t>(W, H - j);
+    auto ld = [&](const T* p) { return n == W ? vload(p) : vload_n(p, n); };
+    auto st = [&](T* p, vec<T> v) {
+      if (n == W) vstore(p, v);
+      else vstore_n(p, v, n);
+    };
+    vec<T> zi = ld(z + j), zf = ld(z + H + j), zg = ld(z + 2 * H + j), zo = ld(z + 3 * H + j);
+    if (bias) {
+      zi += ld(bias + j);
+      zf += ld(bias + H + j);
+      zg += ld(bias + 2 * H + j);
+      zo += ld(bias + 3 * H + j);
+    }
+    vec<T> i = vsigmoid<T>(zi), f = vsigmoid<T>(zf), g = vtanh<T>(zg), o = vsigmoid<T>(zo);
+    vec<T> cn = f * ld(c + j) + i * g;
+    st(z + j, i);
+    st(z + H + j, f);
+    st(z + 2 * H + j, g);
+    st(z + 3 * H + j, o);
+    st(m + j, o * vtanh<T>(cn));
+    if (run) st(c + j, cn);
+  }
+}
+
+// ---- backward: one step's elementwise work, row b -----------------------------------------
+// gates (4H) activated; c_t, c_prev (H); dm (H) the gradient of m = o tanh(c_t); dc (H) the
+// gradient of c_t from later steps, replaced by that of c_{t-1}; dz (4H) out; m (H) out
+// (o tanh(c_t), for dW_hr) when non-null. A row that is not running gets dz = 0.
+template <typename T>
+void gates_backward_row(int64_t H, const T* gates, const T* ct, const T* cprev, const T* dm, T* dc,
+                        T* dz, T* m, bool run) {
+  constexpr int W = simd<T>::width;
+  if (!run) {
+    std::memset(dz, 0, (size_t)(4 * H) * sizeof(T));
+    if (m) std::memset(m, 0, (size_t)H * sizeof(T));
+    return;
+  }
+  for (int64_t j = 0; j < H; j += W) {
+    const int n = (int)std::min<int64_t>(W, H - j);
+    auto ld = [&](const T* p) { return n == W ? vload(p) : vload_n(p, n); };
+    auto st = [&](T* p, vec<T> v) {
+      if (n == W) vstore(p, v);
+      else vstore_n(p, v, n);
+    };
+    vec<T> i = ld(gates + j), f = ld(gates + H + j), g = ld(gates + 2 * H + j),
+           o = ld(gates + 3 * H + j);
+    vec<T> tc = vtanh<T>(ld(ct + j));
+    vec<T> dmv = ld(dm + j);
+    vec<T> dct = ld(dc + j) + dmv * o * (T(1) - tc * tc);
+    st(dz + j, dct * g * i * (T(1) - i));
+    st(dz + H + j, dct * ld(cprev + j) * f * (T(1) - f));
+    st(dz + 2 * H + j, dct * i * (T(1) - g * g));
+    st(dz + 3 * H + j, dmv * tc * o * (T(1) - o));
+    st(dc + j, dct * f);
+    if (m) st(m + j, o * tc);
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void lstm_forward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const T* x, const T* h0,
+                  const T* c0, const T* w_ih, const T* w_hh, const T* bias, const T* w_hr,
+                  const int64_t* lengths, T* y, T* h_n, T* c_n, T* gates, T* cs) {
+  const int64_t G = 4 * H;
+  std::memcpy(h_n, h0, (size_t)(B * P) * sizeof(T));
+  std::memcpy(c_n, c0, (size_t)(B * H) * sizeof(T));
+  if (Tn <= 0 || B <= 0) return;
+  // Z = X W_ihᵀ for every step at once, into the gates array
+  gemm<T>(Tn * B, G, I, x, I, 1, w_ih, 1, I, gates, G, false, true);
+  // W_hhᵀ (P x 4H) and W_hrᵀ (H x P) packed once
+  Workspace<T> pk_hh(gemm_packed_b_size<T>(P, G));
+  gemm_pack_b<T>(P, G, w_hh, 1, P, pk_hh.data());
+  const bool proj = w_hr != nullptr;
+  Workspace<T> pk_hr(proj ? gemm_packed_b_size<T>(H, P) : 0);
+  if (proj) gemm_pack_b<T>(H, P, w_hr, 1, H, pk_hr.data());
+  Workspace<T> m(B * H), hp(proj ? B * P : 0);
+
+  for (int64_t t = 0; t < Tn; ++t) {
+    T* z = gates + t * B * G;
+    T* yt = y + t * B * P;
+    gemm_prepacked_b<T>(B, G, P, h_n, P, 1, pk_hh.data(), z, G, true, true);
+    // without a projection m is h: write it straight into y_t
+    T* mt = proj ? m.data() : yt;
+    for_rows(B, 8 * H, [&](int64_t b) {
+      const bool run = running(lengths, t, b);
+      gates_forward_row<T>(H, z + b * G, bias, c_n + b * H, mt + b * H, run);
+      std::memcpy(cs + (t * B + b) * H, c_n + b * H, (size_t)H * sizeof(T));
+    });
+    const T* hnew = mt;
+    if (proj) {
+      gemm_prepacked_b<T>(B, P, H, m.data(), H, 1, pk_hr.data(), hp.data(), P, false, true);
+      hnew = hp.data();
+    }
+    for (int64_t b = 0; b < B; ++b) {
+      T* yb = yt + b * P;
+      if (running(lengths, t, b)) {
+        if (hnew != yt) std::memcpy(yb, hnew + b * P, (size_t)P * sizeof(T));
+        std::memcpy(h_n + b * P, yb, (size_t)P * sizeof(T));
+      } else {
+        std::memset(yb, 0, (size_t)P * sizeof(T));
+      }
+    }
+  }
+}
+
+template <typename T>
+void lstm_backward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const T* dy,
+                   const T* dh_n, const T* dc_n, const T* x, const T* h0, const T* c0,
+                   const T* w_ih, const T* w_hh, const T* w_hr, const int64_t* lengths,
+                   const T* gates, const T* cs, const T* y, T* dx, T* dh0, T* dc0, T* dw_ih,
+                   T* dw_hh, T* db, T* dw_hr) {
+  const int64_t G = 4 * H;
+  const bool proj = w_hr != nullptr;
+  std::memcpy(dh0, dh_n, (size_t)(B * P) * sizeof(T));  // dh0/dc0 carry the gradient of the state
+  std::memcpy(dc0, dc_n, (size_t)(B * H) * sizeof(T));
+  const int64_t TB = Tn * B;
+  Workspace<T> dz(TB * G);
+  // dh of every step (kept for dW_hr with a projection; one step's worth otherwise)
+  Workspace<T> dht(proj ? TB * P : B * P);
+  Workspace<T> mall(proj ? TB * H : 0), dm(proj ? B * H : 0), dhp(B * P);
+  Workspace<T> pk_hh(gemm_packed_b_size<T>(G, P));  // W_hh (4H x P), packed once
+  if (TB > 0) gemm_pack_b<T>(G, P, w_hh, P, 1, pk_hh.data());
+  Workspace<T> pk_hr(proj ? gemm_packed_b_size<T>(P, H) : 0);  // W_hr (P x H)
+  if (proj && TB > 0) gemm_pack_b<T>(P, H, w_hr, H, 1, pk_hr.data());
+
+  for (int64_t t = Tn - 1; t >= 0; --t) {
+    T* dzt = dz.data() + t * B * G;
+    T* dh = proj ? dht.data() + t * B * P : dht.data();
+    for (int64_t b = 0; b < B; ++b) {
+      const bool run = running(lengths, t, b);
+      for (int64_t k = 0; k < P; ++k)
+        dh[b * P + k] = run ? dy[(t * B + b) * P + k] + dh0[b * P + k] : T(0);
+    }
+    const T* dmt = dh;
+    if (proj) {
+      gemm_prepacked_b<T>(B, H, P, dh, P, 1, pk_hr.data(), dm.data(), H, false, true);
+      dmt = dm.data();
+    }
+    const T* cprev = t > 0 ? cs + (t - 1) * B * H : c0;
+    T* mt = proj ? mall.data() + t * B * H : nullptr;
+    for_rows(B, 8 * H, [&](int64_t b) {
+      gates_backward_row<T>(H, gates + (t * B + b) * G, cs + (t * B + b) * H, cprev + b * H,
+                            dmt + b * H, dc0 + b * H, dzt + b * G, mt ? mt + b * H : nullptr,
+                            running(lengths, t, b));
+    });
+    if (lengths == nullptr) {
+      gemm_prepacked_b<T>(B, P, G, dzt, G, 1, pk_hh.data(), dh0, P, false, true);
+    } else {
+      gemm_prepacked_b<T>(B, P, G, dzt, G, 1, pk_hh.data(), dhp.data(), P, false, true);
+      for (int64_t b = 0; b < B; ++b)
+        if (running(lengths, t, b))
+          std::memcpy(dh0 + b * P, dhp.data() + b * P, (size_t)P * sizeof(T));
+    }
+  }
+  // the weight gradients and dX, each one gemm over all T*B rows
+  gemm<T>(TB, I, G, dz.data(), G, 1, w_ih, I, 1, dx, I, false, true);          // dX = dZ W_ih
+  gemm<T>(G, I, TB, dz.data(), 1, G, x, I, 1, dw_ih, I, false, true);          // dW_ih = dZᵀ X
+  gemm<T>(G, P, std::min<int64_t>(B, TB), dz.data(), 1, G, h0, P, 1, dw_hh, P, false, true);
+  if (Tn > 1)                                                                   // dW_hh = dZᵀ H_prev
+    gemm<T>(G, P, TB - B, dz.data() + B * G, 1, G, y, P, 1, dw_hh, P, true, true);
+  if (proj) gemm<T>(P, H, TB, dht.data(), 1, P, mall.data(), H, 1, dw_hr, H, false, true);
+  // db = column sums of dZ, rows in order (deterministic)
+  for (int64_t j = 0; j < G; ++j) db[j] = T(0);
+  for (int64_t r = 0; r < TB; ++r) {
+    const T* row = dz.data() + r * G;
+    for (int64_t j = 0; j < G; ++j) db[j] += row[j];
+  }
+}
+
+#define DLK_LSTM_INSTANTIATE(T)                                                                 \
+  template void lstm_forward<T>(int64_t, int64_t, int64_t, int64_t, int64_t, const T*, const T*, \
+                                const T*, const T*, const T*, const T*, const T*, const int64_t*, \
+                                T*, T*, T*, T*, T*);                                            \
+  template void lstm_backward<T>(int64_t, int64_t, int64_t, int64_t, int64_t, const T*,         \
+                                 const T*, const T*, const T*, const T*, const T*, const T*,    \
+                                 const T*, const T*, const int64_t*, const T*, const T*,        \
+                                 const T*, T*, T*, T*, T*, T*, T*, T*);
+DLK_LSTM_INSTANTIATE(float)
+DLK_LSTM_INSTANTIATE(double)
+#undef DLK_LSTM_INSTANTIATE
+
+}  // namespace DLK_ISA
+}  // namespace dlk
