@@ -149,3 +149,23 @@ register("conv2d", "forward", "cpp", "depthwise", cpp.forward("depthwise"),
 register("conv2d", "backward", "cpp", "depthwise", cpp.backward("depthwise"),
          supports=lambda dy, x, w, p, needs: None if cpp.depthwise(w, p) else "needs groups == input channels",
          prefer=lambda dy, x, w, p, needs: cpp.depthwise(w, p))
+
+# CUDA (kernels/conv.cu through ops/conv/cuda.py): igemm default; mma and depthwise ask for
+# their inputs; atomic (dw by atomicAdd, not repeatable) runs only when forced.
+from . import cuda as _cuda_glue  # noqa: E402
+
+register("conv2d", "forward", "cuda", "igemm", _cuda_glue.forward("igemm"), default=True)
+register("conv2d", "backward", "cuda", "igemm", _cuda_glue.backward("igemm"), default=True)
+register("conv2d", "forward", "cuda", "mma", _cuda_glue.forward("mma"),
+         supports=lambda x, w, b, p: _cuda_glue.needs_half(x),
+         prefer=lambda x, w, b, p: _cuda_glue.tensor_cores(x, w, p))
+register("conv2d", "backward", "cuda", "mma", _cuda_glue.backward("mma"),
+         supports=lambda dy, x, w, p, needs: _cuda_glue.needs_half(x),
+         prefer=lambda dy, x, w, p, needs: _cuda_glue.tensor_cores(x, w, p))
+register("conv2d", "forward", "cuda", "depthwise", _cuda_glue.forward("depthwise"),
+         supports=lambda x, w, b, p: _cuda_glue.needs_depthwise(w, p),
+         prefer=lambda x, w, b, p: _cuda_glue.depthwise(w, p))
+register("conv2d", "backward", "cuda", "depthwise", _cuda_glue.backward("depthwise"),
+         supports=lambda dy, x, w, p, needs: _cuda_glue.needs_depthwise(w, p),
+         prefer=lambda dy, x, w, p, needs: _cuda_glue.depthwise(w, p))
+register("conv2d", "backward", "cuda", "atomic", _cuda_glue.backward("atomic"))
