@@ -175,6 +175,30 @@ def conv2d_backward_numba_direct(dy: np.ndarray, x: np.ndarray, w: np.ndarray, p
 
 
 @numba.njit(cache=True)
+def _unfold_rows(xn, ci0, R, S, P, Q, rows, sh, sw, pt, pl, dh, dw):  # pragma: no cover - compiled
+    """rows[p*Q + q, (c*R + r)*S + s] = xn[ci0 + c, p*sh - pt + r*dh, q*sw - pl + s*dw], 0 outside.
+
+    The transposed column matrix: one row per output pixel, holding the patch it reads.
+    """
+    H, W = xn.shape[1], xn.shape[2]
+    Cg = rows.shape[1] // (R * S)
+    for p in range(P):
+        for q in range(Q):
+            row = rows[p * Q + q]
+            for c in range(Cg):
+                xc = xn[ci0 + c]
+                for r in range(R):
+                    ih = p * sh - pt + r * dh
+                    l0 = (c * R + r) * S
+                    for s in range(S):
+                        iw = q * sw - pl + s * dw
+                        if 0 <= ih < H and 0 <= iw < W:
+                            row[l0 + s] = xc[ih, iw]
+                        else:
+                            row[l0 + s] = 0
+
+
+@numba.njit(cache=True)
 def _unfold(xn, ci0, R, S, P, Q, col, sh, sw, pt, pl, dh, dw):  # pragma: no cover - compiled
     """col[(c*R + r)*S + s, p*Q + q] = xn[ci0 + c, p*sh - pt + r*dh, q*sw - pl + s*dw], 0 outside."""
     H, W = xn.shape[1], xn.shape[2]
@@ -216,84 +240,141 @@ def _fold(dcol, dxn, ci0, R, S, P, Q, sh, sw, pt, pl, dh, dw):  # pragma: no cov
                         dxrow[q * sw + s * dw - pl] += seg[q]
 
 
-@numba.njit(cache=True)
-def _gemm(a, b, b0, c, c0):  # pragma: no cover - compiled
-    """c[c0 + i, :] += sum_l a[i, l] * b[b0 + l, :]: i-k-j, blocked over columns.
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+def _gemm_nt(a, i0, i1, b, c, shift):  # pragma: no cover - compiled
+    """c[i + shift, j] += sum_l a[i, l] * b[j, l] for rows i0 <= i < i1 of a: C += A Bᵀ.
 
-    For each block of _JB columns and each row i, the contiguous inner loop streams four rows
-    of b into one row of c, so each load and store of c serves four multiply-adds.
+    Both operands are read along contiguous rows, so every output is a dot product, and a
+    4x4 block of them shares each load: 8 loads feed 16 multiply-adds, the 16 sums stay in
+    registers, and the dot loop vectorizes (reassociation is fixed at compile time, so the
+    result is still the same run to run).
     """
-    M, L = a.shape
-    ncol = c.shape[1]
-    L4 = L - L % 4
-    for j0 in range(0, ncol, _JB):
-        j1 = min(j0 + _JB, ncol)
-        for i in range(M):
-            crow = c[c0 + i, j0:j1]
-            for l in range(0, L4, 4):
-                a0 = a[i, l]
-                a1 = a[i, l + 1]
-                a2 = a[i, l + 2]
-                a3 = a[i, l + 3]
-                b0r = b[b0 + l, j0:j1]
-                b1r = b[b0 + l + 1, j0:j1]
-                b2r = b[b0 + l + 2, j0:j1]
-                b3r = b[b0 + l + 3, j0:j1]
-                for j in range(j1 - j0):
-                    crow[j] += a0 * b0r[j] + a1 * b1r[j] + a2 * b2r[j] + a3 * b3r[j]
-            for l in range(L4, L):
-                al = a[i, l]
-                brow = b[b0 + l, j0:j1]
-                for j in range(j1 - j0):
-                    crow[j] += al * brow[j]
+    L = a.shape[1]
+    ncol = b.shape[0]
+    i4 = i1 - (i1 - i0) % 4
+    j4 = ncol - ncol % 4
+    for j in range(0, j4, 4):
+        b0 = b[j]
+        b1 = b[j + 1]
+        b2 = b[j + 2]
+        b3 = b[j + 3]
+        for i in range(i0, i4, 4):
+            a0 = a[i]
+            a1 = a[i + 1]
+            a2 = a[i + 2]
+            a3 = a[i + 3]
+            s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = c.dtype.type(0)
+            s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = c.dtype.type(0)
+            for m in range(L):
+                x0 = a0[m]
+                x1 = a1[m]
+                x2 = a2[m]
+                x3 = a3[m]
+                y0 = b0[m]
+                y1 = b1[m]
+                y2 = b2[m]
+                y3 = b3[m]
+                s00 += x0 * y0
+                s01 += x0 * y1
+                s02 += x0 * y2
+                s03 += x0 * y3
+                s10 += x1 * y0
+                s11 += x1 * y1
+                s12 += x1 * y2
+                s13 += x1 * y3
+                s20 += x2 * y0
+                s21 += x2 * y1
+                s22 += x2 * y2
+                s23 += x2 * y3
+                s30 += x3 * y0
+                s31 += x3 * y1
+                s32 += x3 * y2
+                s33 += x3 * y3
+            _add4(c[i + shift], j, s00, s01, s02, s03)
+            _add4(c[i + 1 + shift], j, s10, s11, s12, s13)
+            _add4(c[i + 2 + shift], j, s20, s21, s22, s23)
+            _add4(c[i + 3 + shift], j, s30, s31, s32, s33)
+        for i in range(i4, i1):  # leftover rows of a: 1x4 blocks
+            ai = a[i]
+            s0 = s1 = s2 = s3 = c.dtype.type(0)
+            for m in range(L):
+                x = ai[m]
+                s0 += x * b0[m]
+                s1 += x * b1[m]
+                s2 += x * b2[m]
+                s3 += x * b3[m]
+            _add4(c[i + shift], j, s0, s1, s2, s3)
+    for j in range(j4, ncol):  # leftover rows of b: single dot products
+        bj = b[j]
+        for i in range(i0, i1):
+            ai = a[i]
+            s = c.dtype.type(0)
+            for m in range(L):
+                s += ai[m] * bj[m]
+            c[i + shift, j] += s
+
+
+@numba.njit(cache=True, inline="always")
+def _add4(crow, j, s0, s1, s2, s3):  # pragma: no cover - compiled
+    crow[j] += s0
+    crow[j + 1] += s1
+    crow[j + 2] += s2
+    crow[j + 3] += s3
 
 
 # Threads: one contiguous chunk of samples per thread (prange over the threads), each with its
-# own column matrix; per sample and group, unfold then y_g += W_g @ col.
+# own patch-row matrix; per sample and group, unfold then y_g += W_g @ rowsᵀ.
 @numba.njit(cache=True, parallel=True)
 def _im2col_forward(x, w3, b, y3, T, R, S, P, Q, sh, sw, pt, pl, dh, dw):  # pragma: no cover - compiled
     N, C = x.shape[0], x.shape[1]
     G, Kg, L = w3.shape
     Cg = C // G
     for t in prange(T):
-        col = np.empty((L, P * Q), x.dtype)
+        rows = np.empty((P * Q, L), x.dtype)
         for n in range(t * N // T, (t + 1) * N // T):
             yn = y3[n]
             for k in range(G * Kg):
                 yn[k, :] = b[k]
             for g in range(G):
-                _unfold(x[n], g * Cg, R, S, P, Q, col, sh, sw, pt, pl, dh, dw)
-                _gemm(w3[g], col, 0, yn, g * Kg)
+                _unfold_rows(x[n], g * Cg, R, S, P, Q, rows, sh, sw, pt, pl, dh, dw)
+                _gemm_nt(w3[g], 0, Kg, rows, yn, g * Kg)
 
 
 # Threads: one contiguous chunk of samples per thread, each with its own dcol; per sample and
-# group, dcol = W_gᵀ @ dy_g, then col2im adds dcol into the sample's dx, which only it writes.
+# group, dcol = W_gᵀ @ dy_g (as W_gᵀ @ (dy_gᵀ)ᵀ, so that both operands are read along rows),
+# then col2im adds dcol into the sample's dx, which only that thread writes.
 @numba.njit(cache=True, parallel=True)
 def _im2col_grad_input(dy3, wt, dx, T, R, S, P, Q, sh, sw, pt, pl, dh, dw):  # pragma: no cover - compiled
     N, C = dx.shape[0], dx.shape[1]
     G, L, Kg = wt.shape
     Cg = C // G
+    PQ = P * Q
     for t in prange(T):
-        dcol = np.empty((L, P * Q), dx.dtype)
+        dcol = np.empty((L, PQ), dx.dtype)
+        dyt = np.empty((PQ, Kg), dx.dtype)
         for n in range(t * N // T, (t + 1) * N // T):
             for g in range(G):
+                for k in range(Kg):
+                    dyk = dy3[n, g * Kg + k]
+                    for j in range(PQ):
+                        dyt[j, k] = dyk[j]
                 dcol[:, :] = 0
-                _gemm(wt[g], dy3[n], g * Kg, dcol, 0)
+                _gemm_nt(wt[g], 0, L, dyt, dcol, 0)
                 _fold(dcol, dx[n], g * Cg, R, S, P, Q, sh, sw, pt, pl, dh, dw)
 
 
 # Threads: the samples go in chunks of nb; each chunk is unfolded in parallel over (sample,
 # group), then each thread owns a contiguous range of dW rows (output channels) and adds
-# dot(dy[n, k, block], col[kd, block]) for four rows k at a time, in a fixed order.
-@numba.njit(cache=True, parallel=True, fastmath={"reassoc", "contract"})
+# dy_g @ colᵀ for them, sample after sample: every dW element is summed by one thread in a
+# fixed order.
+@numba.njit(cache=True, parallel=True)
 def _im2col_grad_weight(dy3, x, dw2, nb, T, R, S, P, Q, sh, sw, pt, pl, dh, dw):  # pragma: no cover - compiled
     N, C = x.shape[0], x.shape[1]
     K, L = dw2.shape
     G = C * R * S // L
     Cg = C // G
     Kg = K // G
-    PQ = P * Q
-    cols = np.empty((nb, G, L, PQ), x.dtype)
+    cols = np.empty((nb, G, L, P * Q), x.dtype)
     for n0 in range(0, N, nb):
         m = min(nb, N - n0)
         for ig in prange(m * G):
@@ -302,17 +383,10 @@ def _im2col_grad_weight(dy3, x, dw2, nb, T, R, S, P, Q, sh, sw, pt, pl, dh, dw):
             k_lo = t * K // T
             k_hi = (t + 1) * K // T
             for i in range(m):
-                for j0 in range(0, PQ, _JB):
-                    j1 = min(j0 + _JB, PQ)
-                    for k in range(k_lo, k_hi):
-                        col = cols[i, k // Kg]
-                        grow = dy3[n0 + i, k, j0:j1]
-                        for l in range(L):
-                            crow = col[l, j0:j1]
-                            acc = dw2.dtype.type(0)
-                            for j in range(j1 - j0):
-                                acc += grow[j] * crow[j]
-                            dw2[k, l] += acc
+                for g in range(k_lo // Kg, (k_hi + Kg - 1) // Kg):
+                    r0 = max(k_lo, g * Kg)
+                    r1 = min(k_hi, (g + 1) * Kg)
+                    _gemm_nt(dy3[n0 + i], r0, r1, cols[i, g], dw2, 0)
 
 
 def _geometry(w: np.ndarray, p: ConvParams) -> tuple[int, ...]:
