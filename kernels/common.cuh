@@ -100,3 +100,16 @@ __device__ __forceinline__ void mma_16816(float* d, const unsigned* a, const uns
 
 // Ceil division in 64 bits.
 __device__ __forceinline__ i64 cdiv(i64 a, i64 b) { return (a + b - 1) / b; }
+
+// v rounded to T and widened back: what a value stored in T and read again compares as.
+__device__ __forceinline__ float dk_round(float v, float) { return v; }
+__device__ __forceinline__ double dk_round(double v, double) { return v; }
+__device__ __forceinline__ float dk_round(float v, dk_half) { return dk_half_to_float(dk_float_to_half(v)); }
+__device__ __forceinline__ float dk_round(float v, dk_bf16) { return dk_bf16_to_float(dk_float_to_bf16(v)); }
+
+// +infinity and exp in the accumulator type, without math.h (NVRTC has no system headers).
+template <class A> __device__ __forceinline__ A dk_inf();
+template <> __device__ __forceinline__ float dk_inf<float>() { return __int_as_float(0x7f800000); }
+template <> __device__ __forceinline__ double dk_inf<double>() { return __longlong_as_double(0x7ff0000000000000LL); }
+__device__ __forceinline__ float dk_exp(float v) { return expf(v); }
+__device__ __forceinline__ double dk_exp(double v) { return exp(v); }
