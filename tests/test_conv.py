@@ -1,0 +1,131 @@
+"""Conv-specific tests: hypothesis fuzzing of the parameters, dispatch, ISA paths, determinism."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import dlkernels as dk
+from dlkernels import _cpp
+from dlkernels.ops.conv import reference
+from dlkernels.ops.conv.common import conv_params
+
+
+@settings(deadline=None, max_examples=40)
+@given(N=st.integers(0, 3), G=st.integers(1, 3), Cg=st.integers(1, 4), Kg=st.integers(1, 4),
+       H=st.integers(1, 12), W=st.integers(1, 12), R=st.integers(1, 4), S=st.integers(1, 4),
+       stride=st.tuples(st.integers(1, 4), st.integers(1, 4)), pad=st.tuples(st.integers(0, 3), st.integers(0, 3)),
+       dil=st.tuples(st.integers(1, 3), st.integers(1, 3)), backend=st.sampled_from(["cpp", "numba"]),
+       bias=st.booleans())
+def test_fuzz_conv2d_against_reference(N, G, Cg, Kg, H, W, R, S, stride, pad, dil, backend, bias):
+    rng = np.random.default_rng(0)
+    C, K = G * Cg, G * Kg
+    x = rng.standard_normal((N, C, H, W))
+    w = rng.standard_normal((K, Cg, R, S))
+    b = rng.standard_normal(K) if bias else None
+    kw = dict(stride=stride, padding=pad, dilation=dil, groups=G)
+    try:
+        conv_params(x.shape, w.shape, stride, pad, dil, G, 2)
+    except ValueError:
+        with pytest.raises(ValueError, match="input: padded size"):
+            dk.conv2d(x, w, b, **kw)
+        return
+    with dk.backend("reference"):
+        y_ref, saved_ref = dk.conv2d_forward(x, w, b, **kw)
+        g = rng.standard_normal(y_ref.shape)
+        grads_ref = dk.conv2d_backward(g, saved_ref)
+    with dk.backend(backend):
+        y, saved = dk.conv2d_forward(x, w, b, **kw)
+        grads = dk.conv2d_backward(g, saved)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-10, atol=1e-10)
+    for a, e in zip(grads, grads_ref):
+        if e is None:
+            assert a is None
+        else:
+            np.testing.assert_allclose(a, e, rtol=1e-9, atol=1e-9)
+
+
+def test_depthwise_is_chosen_and_logged(caplog):
+    x = np.ones((1, 4, 5, 5), np.float32)
+    w = np.ones((4, 1, 3, 3), np.float32)
+    caplog.set_level(logging.INFO, logger="dlkernels")
+    with dk.backend("cpp"):
+        dk.conv2d(x, w, groups=4)
+    assert "conv2d forward -> cpp/depthwise (groups == input channels (depthwise))" in caplog.text
+
+
+def test_forced_variant_that_cannot_take_the_input_raises():
+    x, w = np.ones((1, 4, 5, 5)), np.ones((4, 4, 3, 3))
+    with pytest.raises(ValueError, match="cannot take this input"), dk.backend("cpp", "depthwise"):
+        dk.conv2d(x, w)
+
+
+def test_backend_and_variant_names_are_checked():
+    with pytest.raises(ValueError, match="backend: expected one of"):
+        with dk.backend("fortran"):
+            pass
+    with pytest.raises(ValueError, match="variant: backend 'cpp' has no variant 'nope'"):
+        with dk.backend("cpp", "nope"):
+            pass
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "scalar"])
+def test_every_isa_this_cpu_has_gives_the_same_answer(isa):
+    if isa not in _cpp.supported_isas():
+        pytest.skip(f"this CPU has no {isa}")
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 5, 13, 11), dtype=np.float32)
+    w = rng.standard_normal((7, 5, 3, 3), dtype=np.float32)
+    with dk.backend("reference"):
+        expected = dk.conv2d(x.astype(np.float64), w.astype(np.float64), padding=1)
+    with _cpp.use_isa(isa), dk.backend("cpp"):
+        assert _cpp.get_isa() == isa
+        np.testing.assert_allclose(dk.conv2d(x, w, padding=1), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_env_isa_forces_the_code_path():
+    env = dict(os.environ, DLKERNELS_ISA="scalar")
+    out = subprocess.run([sys.executable, "-c", "import dlkernels._cpp as c; print(c.get_isa())"],
+                         env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "scalar"
+    env["DLKERNELS_ISA"] = "sse9"
+    bad = subprocess.run([sys.executable, "-c", "import dlkernels"], env=env, capture_output=True, text=True)
+    assert bad.returncode != 0 and "DLKERNELS_ISA: expected avx512, avx2 or scalar" in bad.stderr
+
+
+def test_grad_weight_is_bitwise_repeatable_on_a_big_batch():
+    """Enough samples that both threads contribute partial sums to dW."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((16, 8, 20, 20), dtype=np.float32)
+    w = rng.standard_normal((8, 8, 3, 3), dtype=np.float32)
+    _, saved = dk.conv2d_forward(x, w, padding=1)
+    g = rng.standard_normal((16, 8, 20, 20), dtype=np.float32)
+    runs = [dk.conv2d_backward(g, saved)[1] for _ in range(5)]
+    for r in runs[1:]:
+        np.testing.assert_array_equal(r, runs[0])
+
+
+def test_reference_is_the_definition():
+    """The reference against the literal seven loops, on a tiny case."""
+    rng = np.random.default_rng(3)
+    x, w = rng.standard_normal((1, 2, 5, 6)), rng.standard_normal((2, 1, 2, 3))
+    p = conv_params(x.shape, w.shape, (2, 1), (1, 0), (1, 2), 2, 2)
+    y = reference.conv2d_forward_reference(x, w, None, p)
+    P, Q = p.out_size
+    for k in range(2):
+        for i in range(P):
+            for j in range(Q):
+                acc = 0.0
+                for r in range(2):
+                    for s in range(3):
+                        h, v = i * 2 - 1 + r, j - 0 + s * 2
+                        if 0 <= h < 5 and 0 <= v < 6:
+                            acc += w[k, 0, r, s] * x[0, k, h, v]
+                assert abs(y[0, k, i, j] - acc) < 1e-12
