@@ -9,6 +9,33 @@
 #include <cstdint>
 
 namespace dlk {
+
+#ifndef DLK_CONV_SHAPE_DEFINED
+#define DLK_CONV_SHAPE_DEFINED
+// 2-D convolution geometry (see conv.cpp below). Declared once, outside the ISA namespaces,
+// so that bindings.cpp can pass the same struct to every instruction set's kernels.
+struct ConvShape {
+  int64_t N, C, H, W;       // input
+  int64_t K, R, S;          // output channels, kernel height and width
+  int64_t P, Q;             // output height and width
+  int64_t stride_h, stride_w, pad_h, pad_w, dil_h, dil_w;  // pad_* = top / left padding
+  int64_t groups;
+};
+#endif
+
+#ifndef DLK_ATTN_SHAPE_DEFINED
+#define DLK_ATTN_SHAPE_DEFINED
+// Attention geometry and options (attention.cpp); outside the ISA namespaces, like ConvShape.
+struct AttnShape {
+  int64_t Z, Zk, L, S, E, Ev;
+  bool causal;  // top-left aligned: row i sees keys j <= i
+  double scale;
+  bool dropout;
+  uint64_t seed, threshold;  // the generator of ops/attention/common.py
+  double dscale;             // 1 / (1 - dropout_p)
+};
+#endif
+
 namespace DLK_ISA {
 
 // ---- gemm.cpp ---------------------------------------------------------------------------
@@ -34,13 +61,7 @@ void gemm_prepacked_b(int64_t M, int64_t N, int64_t K, const T* A, int64_t rsa, 
 // ---- conv.cpp ---------------------------------------------------------------------------
 // 2-D convolution, NCHW, cross-correlation as in torch. conv1d runs through it with H = 1.
 // x (N, C, H, W), w (K, C/groups, R, S), b (K) or null, y (N, K, P, Q).
-struct ConvShape {
-  int64_t N, C, H, W;       // input
-  int64_t K, R, S;          // output channels, kernel height and width
-  int64_t P, Q;             // output height and width
-  int64_t stride_h, stride_w, pad_h, pad_w, dil_h, dil_w;  // pad_* = top / left padding
-  int64_t groups;
-};
+using ::dlk::ConvShape;
 
 // Variants share one signature per direction. Backward: any of dx, dw, db may be null
 // (not wanted); dw and db are overwritten, never accumulated, and bitwise repeatable
@@ -72,6 +93,49 @@ void lstm_backward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const
                    const T* w_ih, const T* w_hh, const T* w_hr, const int64_t* lengths,
                    const T* gates, const T* cs, const T* y, T* dx, T* dh0, T* dc0, T* dw_ih,
                    T* dw_hh, T* db, T* dw_hr);
+
+// ---- graph.cpp --------------------------------------------------------------------------
+// Sparse aggregation over a CSR with R rows: row r's edges are positions k in
+// [indptr[r], indptr[r+1]), col[k] the row of x they read (I = int32_t or int64_t), perm[k]
+// the edge id (null: identity) that indexes per-edge arrays. x (N, H, F); w (E, H) or null;
+// scale (R) or null; out (R, H, F). Bitwise repeatable; see graph.cpp and ops/graph/common.py.
+template <typename T, typename I>
+void graph_segment_sum(int64_t R, const int64_t* indptr, const I* col, const int64_t* perm, const T* w,
+                       int64_t H, int64_t F, const T* x, const T* scale, T* out);
+template <typename T, typename I>
+void graph_segment_maxmin(int64_t R, const int64_t* indptr, const I* col, const int64_t* perm, const T* w,
+                          int64_t F, const T* x, bool is_max, T* out);
+template <typename T, typename I>
+void graph_edge_dot(int64_t R, const int64_t* indptr, const I* col, const int64_t* perm, int64_t H, int64_t F,
+                    const T* a, const T* b, const T* scale, T* out);
+template <typename T, typename I>
+void graph_maxmin_backward(int64_t R, const int64_t* indptr, const I* col, const int64_t* perm, int64_t N,
+                           const int64_t* t_indptr, const I* t_col, const int64_t* t_perm, const T* w, int64_t F,
+                           const T* x, const T* out, const T* g, T* dx, T* dw);
+template <typename T>
+void graph_softmax_forward(int64_t R, const int64_t* indptr, const int64_t* perm, int64_t H, const T* s, T* y);
+template <typename T>
+void graph_softmax_backward(int64_t R, const int64_t* indptr, const int64_t* perm, int64_t H, const T* y,
+                            const T* g, T* ds);
+template <typename I>
+void graph_group_by(int64_t G, int64_t E, const I* key, int64_t* indptr, int64_t* perm);
+
+// ---- attention.cpp ----
+// Scaled dot-product attention, flash-style (see attention.cpp). q (Z, L, E), k (Zk, S, E),
+// v (Zk, S, Ev), kv_index (Z) in [0, Zk): output head z reads key head kv_index[z]. mask: null or
+// an additive mask whose element (z, i, j) is mask[mask_off[z] + i * mrs + j * mcs].
+// out (Z, L, Ev), lse (Z, L) (+inf for a fully masked row). Backward: dmask null or (Z, L, S);
+// dq, dk, dv are overwritten; bitwise repeatable at any thread count.
+using ::dlk::AttnShape;
+template <typename T>
+void attention_forward(const AttnShape& a, const T* q, const T* k, const T* v,
+                       const int64_t* kv_index, const T* mask, const int64_t* mask_off,
+                       int64_t mrs, int64_t mcs, T* out, T* lse);
+template <typename T>
+void attention_backward(const AttnShape& a, const T* dout, const T* q, const T* k, const T* v,
+                        const T* out, const T* lse, const int64_t* kv_index, const T* mask,
+                        const int64_t* mask_off, int64_t mrs, int64_t mcs, T* dq, T* dk, T* dv,
+                        T* dmask);
 
 }  // namespace DLK_ISA
 }  // namespace dlk

@@ -1,0 +1,668 @@
+// conv.cpp: 2-D convolution (NCHW, cross-correlation as torch.nn.functional.conv2d), forward
+// and hand-written backward, for one instruction set (compiled once per ISA by setup.py).
+//
+// Variants
+//   im2col    any groups / stride / dilation / padding. Per sample (or a batch of samples when
+//             P*Q is small) and group the input is unfolded into a column buffer
+//             col[(c,r,s), (p,q)] and multiplied with the filters by gemm. Backward data is
+//             W^T @ dy followed by col2im; backward weight is dy @ col^T summed over samples.
+//             1x1 / stride 1 / no padding convolutions skip the unfolding altogether.
+//   depthwise groups == C and K == C*m: a direct kernel vectorized along the output width,
+//             reading a zero-padded, stride-deinterleaved copy of each input plane so that
+//             every tap is one unaligned vector load. Other shapes fall back to im2col.
+//
+// Threads: samples are split statically over the OpenMP threads when there are enough of
+// them (each thread calls gemm(parallel=false) on its own buffers); otherwise samples run one
+// after another with gemm(parallel=true). Weight and bias gradients are summed per thread and
+// reduced in thread order, so they are bitwise repeatable at a fixed thread count.
+// No global mutable state: every buffer belongs to one call.
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "dlk.h"
+#include "kernels.h"
+
+namespace dlk {
+namespace DLK_ISA {
+
+namespace {
+
+// ---- helpers --------------------------------------------------------------------------------
+
+// Output positions q in [lo, hi) whose input coordinate q*stride + off lies in [0, n).
+inline void valid_range(int64_t off, int64_t stride, int64_t n, int64_t count, int64_t& lo,
+                        int64_t& hi) {
+  lo = off >= 0 ? 0 : (-off + stride - 1) / stride;
+  hi = (n - 1 - off) >= 0 ? (n - 1 - off) / stride + 1 : 0;
+  lo = std::min(lo, count);
+  hi = std::min(std::max(hi, lo), count);
+}
+
+int num_threads_for(int64_t work) {
+  if (in_parallel()) return 1;
+  int t = max_threads();
+  return (int)std::max<int64_t>(1, std::min<int64_t>(t, work));
+}
+
+// Unfold: col[(c*R + r)*S + s][j - j0] (row stride ldcol) = x[c, p*sh - ph + r*dh, q*sw - pw + s*dw]
+// for the flattened output positions j = p*Q + q in [j0, j1) and c < Cg; xg points at channel
+// 0 of the group in one sample. Out-of-range input reads zero.
+template <typename T>
+void im2col(const ConvShape& s, const T* xg, int64_t Cg, int64_t j0, int64_t j1, T* col,
+            int64_t ldcol) {
+  if (j1 <= j0) return;
+  const int64_t H = s.H, W = s.W, Q = s.Q, R = s.R, S = s.S, sw = s.stride_w;
+  const int64_t p0 = j0 / Q, p1 = (j1 - 1) / Q;
+  for (int64_t c = 0; c < Cg; ++c) {
+    for (int64_t r = 0; r < R; ++r) {
+      for (int64_t sx = 0; sx < S; ++sx) {
+        T* row = col + ((c * R + r) * S + sx) * ldcol;
+        const int64_t iw0 = sx * s.dil_w - s.pad_w;
+        int64_t qlo, qhi;
+        valid_range(iw0, sw, W, Q, qlo, qhi);
+        for (int64_t p = p0; p <= p1; ++p) {
+          const int64_t qa = p == p0 ? j0 - p * Q : 0, qb = p == p1 ? j1 - p * Q : Q;
+          T* out = row + (p * Q + qa - j0);  // holds q in [qa, qb)
+          const int64_t ih = p * s.stride_h - s.pad_h + r * s.dil_h;
+          if (ih < 0 || ih >= H) {
+            std::memset(out, 0, sizeof(T) * (qb - qa));
+            continue;
+          }
+          const int64_t lo = std::min(std::max(qlo, qa), qb), hi = std::min(std::max(qhi, lo), qb);
+          if (lo > qa) std::memset(out, 0, sizeof(T) * (lo - qa));
+          if (hi > lo) {
+            const T* src = xg + ((c * H + ih) * W + iw0 + lo * sw);
+            T* dst = out + (lo - qa);
+            if (sw == 1) {
+              std::memcpy(dst, src, sizeof(T) * (hi - lo));
+            } else {
+              for (int64_t q = 0; q < hi - lo; ++q) dst[q] = src[q * sw];
+            }
+          }
+          if (qb > hi) std::memset(out + (hi - qa), 0, sizeof(T) * (qb - hi));
+        }
+      }
+    }
+  }
+}
+
+// The adjoint of im2col over the same range: dxg[c, ih, iw] += col[...] where valid.
+template <typename T>
+void col2im(const ConvShape& s, const T* col, int64_t ldcol, int64_t Cg, int64_t j0, int64_t j1,
+            T* dxg) {
+  if (j1 <= j0) return;
+  const int64_t H = s.H, W = s.W, Q = s.Q, R = s.R, S = s.S, sw = s.stride_w;
+  const int64_t p0 = j0 / Q, p1 = (j1 - 1) / Q;
+  for (int64_t c = 0; c < Cg; ++c) {
+    for (int64_t r = 0; r < R; ++r) {
+      for (int64_t sx = 0; sx < S; ++sx) {
+        const T* row = col + ((c * R + r) * S + sx) * ldcol;
+        const int64_t iw0 = sx * s.dil_w - s.pad_w;
+        int64_t qlo, qhi;
+        valid_range(iw0, sw, W, Q, qlo, qhi);
+        if (qlo >= qhi) continue;
+        for (int64_t p = p0; p <= p1; ++p) {
+          const int64_t ih = p * s.stride_h - s.pad_h + r * s.dil_h;
+          if (ih < 0 || ih >= H) continue;
+          const int64_t qa = p == p0 ? j0 - p * Q : 0, qb = p == p1 ? j1 - p * Q : Q;
+          const int64_t lo = std::min(std::max(qlo, qa), qb), hi = std::min(std::max(qhi, lo), qb);
+          if (hi <= lo) continue;
+          const T* in = row + (p * Q + lo - j0);
+          T* d = dxg + ((c * H + ih) * W + iw0 + lo * sw);
+          const int64_t n = hi - lo;
+          if (sw == 1) {
+#pragma omp simd
+            for (int64_t q = 0; q < n; ++q) d[q] += in[q];
+          } else {
+            for (int64_t q = 0; q < n; ++q) d[q * sw] += in[q];
+          }
+        }
+      }
+    }
+  }
+}
+
+// Static split of n items over nt threads: [begin, end) of thread t.
+inline void split(int64_t n, int nt, int t, int64_t& b, int64_t& e) {
+  b = n * t / nt;
+  e = n * (t + 1) / nt;
+}
+
+template <typename T>
+T* grow(std::vector<char>& v, int64_t n) {
+  size_t bytes = (size_t)std::max<int64_t>(n, 1) * sizeof(T);
+  if (v.size() < bytes) v.resize(bytes);
+  return reinterpret_cast<T*>(v.data());
+}
+
+bool is_pointwise(const ConvShape& s) {
+  return s.R == 1 && s.S == 1 && s.stride_h == 1 && s.stride_w == 1 && s.pad_h == 0 &&
+         s.pad_w == 0 && s.P == s.H && s.Q == s.W;
+}
+
+// Columns per GEMM: enough to keep the micro-kernels busy, few enough that one column block
+// (CRS x cols) stays in the L2 cache between im2col writing it and gemm packing it.
+template <typename T>
+int64_t chunk_cols(int64_t CRS) {
+  const int64_t budget = 384 * 1024 / (int64_t)sizeof(T);
+  return std::max<int64_t>(128, std::min<int64_t>(4096, budget / std::max<int64_t>(CRS, 1)));
+}
+
+// A block of output columns: samples [n0, n0 + nb) whole when nb > 1, else positions
+// [j0, j1) of sample n0.
+struct Block {
+  int64_t n0, nb, j0, j1;
+};
+
+// Work list: whole-sample batches when P*Q is small, else chunks of each sample.
+void make_blocks(int64_t n_begin, int64_t n_end, int64_t PQ, int64_t cols, std::vector<Block>& out) {
+  out.clear();
+  if (PQ * 2 <= cols) {
+    const int64_t nb = std::max<int64_t>(1, cols / PQ);
+    for (int64_t n = n_begin; n < n_end; n += nb)
+      out.push_back({n, std::min(nb, n_end - n), 0, PQ});
+  } else {
+    const int64_t nch = (PQ + cols - 1) / cols;  // near-equal chunks
+    for (int64_t n = n_begin; n < n_end; ++n)
+      for (int64_t c = 0; c < nch; ++c) out.push_back({n, 1, PQ * c / nch, PQ * (c + 1) / nch});
+  }
+}
+
+// ---- im2col forward -------------------------------------------------------------------------
+//
+// Per block and group: out[j, k] = sum_crs col[crs, j] * W_g[k, crs], i.e. gemm with
+// A = col^T (read with strides (1, ld)) and B = W_g^T packed once per call, then out is
+// transposed into y with the bias. Putting the many output positions on gemm's M side and the
+// filters on N keeps the register tiles full and lets the filters be packed only once.
+
+template <typename T>
+void fwd_block(const ConvShape& s, const T* x, const T* packed_w, int64_t packed_size, const T* b,
+               T* y, const Block& blk, std::vector<char>& colbuf, std::vector<char>& outbuf,
+               bool parallel) {
+  const int64_t G = s.groups, Cg = s.C / G, Kg = s.K / G, PQ = s.P * s.Q;
+  const int64_t CRS = Cg * s.R * s.S, HW = s.H * s.W;
+  const int64_t len = blk.nb > 1 ? blk.nb * PQ : blk.j1 - blk.j0;
+  T* col = grow<T>(colbuf, CRS * len);
+  T* out = grow<T>(outbuf, len * Kg);
+  const bool pointwise = is_pointwise(s);
+  for (int64_t g = 0; g < G; ++g) {
+    const T* A;
+    int64_t csa;
+    if (pointwise && blk.nb == 1) {
+      A = x + (blk.n0 * s.C + g * Cg) * HW + blk.j0;
+      csa = HW;
+    } else {
+      if (blk.nb > 1) {
+        for (int64_t i = 0; i < blk.nb; ++i)
+          im2col(s, x + ((blk.n0 + i) * s.C + g * Cg) * HW, Cg, 0, PQ, col + i * PQ, len);
+      } else {
+        im2col(s, x + (blk.n0 * s.C + g * Cg) * HW, Cg, blk.j0, blk.j1, col, len);
+      }
+      A = col;
+      csa = len;
+    }
+    gemm_prepacked_b<T>(len, Kg, CRS, A, 1, csa, packed_w + g * packed_size, out, Kg, false,
+                        parallel);
+    // transpose out[len, Kg] into y, in tiles that stay in L1
+    constexpr int64_t TI = 64;
+    for (int64_t i0 = 0; i0 < len; i0 += TI) {
+      const int64_t i1 = std::min(len, i0 + TI);
+      for (int64_t k = 0; k < Kg; ++k) {
+        const T bk = b ? b[g * Kg + k] : T(0);
+        for (int64_t i = i0; i < i1;) {
+          // the run of positions of one sample inside [i, i1)
+          const int64_t n = blk.nb > 1 ? blk.n0 + i / PQ : blk.n0;
+          const int64_t j = blk.nb > 1 ? i % PQ : blk.j0 + i;
+          const int64_t run = std::min(i1 - i, PQ - j);
+          T* yr = y + ((n * s.K + g * Kg + k) * PQ + j);
+          const T* o = out + (i * Kg + k);
+          for (int64_t u = 0; u < run; ++u) yr[u] = o[u * Kg] + bk;
+          i += run;
+        }
+      }
+    }
+  }
+}
+
+// Packs W_g^T (CRS x Kg) of every group for gemm_prepacked_b.
+template <typename T>
+std::vector<T> pack_weights_t(const ConvShape& s, const T* w, int64_t& packed_size) {
+  const int64_t G = s.groups, Kg = s.K / G, CRS = (s.C / G) * s.R * s.S;
+  packed_size = gemm_packed_b_size<T>(CRS, Kg);
+  std::vector<T> packed((size_t)std::max<int64_t>(1, packed_size * G));
+  for (int64_t g = 0; g < G; ++g)
+    gemm_pack_b<T>(CRS, Kg, w + g * Kg * CRS, 1, CRS, packed.data() + g * packed_size);
+  return packed;
+}
+
+}  // namespace
+
+template <typename T>
+void conv2d_forward_im2col(const ConvShape& s, const T* x, const T* w, const T* b, T* y) {
+  const int64_t PQ = s.P * s.Q;
+  if (s.N <= 0 || s.K <= 0 || PQ <= 0) return;
+  const int64_t CRS = (s.C / s.groups) * s.R * s.S;
+  if (CRS == 0) {  // empty reduction: y = bias
+    for (int64_t n = 0; n < s.N; ++n)
+      for (int64_t k = 0; k < s.K; ++k)
+        std::fill(y + (n * s.K + k) * PQ, y + (n * s.K + k + 1) * PQ, b ? b[k] : T(0));
+    return;
+  }
+  int64_t psize = 0;
+  const std::vector<T> packed = pack_weights_t(s, w, psize);
+  std::vector<Block> blocks;
+  make_blocks(0, s.N, PQ, chunk_cols<T>(CRS), blocks);
+  const int64_t nblk = (int64_t)blocks.size();
+  const int nt = num_threads_for(nblk);
+  if (nt > 1 && nblk >= 2 * nt) {
+    // Blocks are independent: split them statically, each thread on its own buffers.
+#pragma omp parallel num_threads(nt)
+    {
+      std::vector<char> colbuf, outbuf;
+      int64_t b0, e0;
+      split(nblk, nt, thread_id(), b0, e0);
+      for (int64_t i = b0; i < e0; ++i)
+        fwd_block(s, x, packed.data(), psize, b, y, blocks[(size_t)i], colbuf, outbuf, false);
+    }
+  } else {
+    std::vector<char> colbuf, outbuf;
+    for (const Block& blk : blocks)
+      fwd_block(s, x, packed.data(), psize, b, y, blk, colbuf, outbuf, !in_parallel());
+  }
+}
+
+// ---- im2col backward ------------------------------------------------------------------------
+//
+// Per sample, chunk of output positions [j0, j1) and group:
+//   db[k]  += sum_j dy[k, j]
+//   dw_g   += dy_g[:, j0:j1] @ col[:, j0:j1]^T                    (gemm, accumulate)
+//   dcol    = W_g^T @ dy_g[:, j0:j1]; col2im(dcol) into dx       (gemm, then scatter-add)
+
+namespace {
+
+template <typename T>
+void bwd_sample(const ConvShape& s, const T* dy, const T* x, const T* w, T* dx, T* dwp, T* dbp,
+                int64_t n, std::vector<char>& colbuf, std::vector<char>& dcolbuf, bool parallel) {
+  const int64_t G = s.groups, Cg = s.C / G, Kg = s.K / G, PQ = s.P * s.Q;
+  const int64_t CRS = Cg * s.R * s.S, HW = s.H * s.W;
+  const bool pointwise = is_pointwise(s);
+  const int64_t cols = chunk_cols<T>(CRS);
+  const int64_t nch = pointwise ? 1 : (PQ + cols - 1) / cols;
+  if (dx && !pointwise) std::memset(dx + n * s.C * HW, 0, sizeof(T) * s.C * HW);
+  for (int64_t g = 0; g < G; ++g) {
+    const T* dyg = dy + (n * s.K + g * Kg) * PQ;
+    const T* xg = x + (n * s.C + g * Cg) * HW;
+    if (dbp)
+      for (int64_t k = 0; k < Kg; ++k) {
+        const T* d = dyg + k * PQ;
+        T acc = 0;
+#pragma omp simd reduction(+ : acc)
+        for (int64_t i = 0; i < PQ; ++i) acc += d[i];
+        dbp[g * Kg + k] += acc;
+      }
+    if (!dwp && !dx) continue;
+    const T* wg = w + g * Kg * CRS;
+    T* dxg = dx ? dx + (n * s.C + g * Cg) * HW : nullptr;
+    for (int64_t ch = 0; ch < nch; ++ch) {
+      const int64_t j0 = PQ * ch / nch, j1 = PQ * (ch + 1) / nch, len = j1 - j0;
+      if (dwp) {
+        const T* B;
+        int64_t csb;
+        if (pointwise) {
+          B = xg;
+          csb = HW;
+        } else {
+          T* col = grow<T>(colbuf, CRS * len);
+          im2col(s, xg, Cg, j0, j1, col, len);
+          B = col;
+          csb = len;
+        }
+        // dw_g[Kg, CRS] += dy_g[Kg, j0:j1] @ col^T[len, CRS]
+        gemm<T>(Kg, CRS, len, dyg + j0, PQ, 1, B, 1, csb, dwp + g * Kg * CRS, CRS, true, parallel);
+      }
+      if (dxg) {
+        // dcol[CRS, len] = W_g^T[CRS, Kg] @ dy_g[Kg, j0:j1]
+        if (pointwise) {
+          gemm<T>(CRS, PQ, Kg, wg, 1, CRS, dyg, PQ, 1, dxg, PQ, false, parallel);
+        } else {
+          T* dcol = grow<T>(dcolbuf, CRS * len);
+          gemm<T>(CRS, len, Kg, wg, 1, CRS, dyg + j0, PQ, 1, dcol, len, false, parallel);
+          col2im(s, dcol, len, Cg, j0, j1, dxg);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void conv2d_backward_im2col(const ConvShape& s, const T* dy, const T* x, const T* w, T* dx, T* dw,
+                            T* db) {
+  const int64_t G = s.groups, Cg = s.C / G, PQ = s.P * s.Q;
+  const int64_t wsize = s.K * Cg * s.R * s.S;
+  if (dw) std::fill(dw, dw + wsize, T(0));
+  if (db) std::fill(db, db + s.K, T(0));
+  if (s.N <= 0) return;
+  if (dx && (PQ == 0 || s.K == 0 || wsize == 0)) {  // nothing flows back: zero gradient
+    std::fill(dx, dx + s.N * s.C * s.H * s.W, T(0));
+    dx = nullptr;
+  }
+  if (PQ == 0 || s.K == 0) return;
+  if (!dx && !dw && !db) return;
+  const int nt = num_threads_for(s.N);
+  const bool per_thread = nt > 1 && (s.N % nt == 0 || s.N >= 4 * nt);
+  if (!per_thread) {
+    std::vector<char> colbuf, dcolbuf;
+    for (int64_t n = 0; n < s.N; ++n)
+      bwd_sample(s, dy, x, w, dx, dw, db, n, colbuf, dcolbuf, !in_parallel());
+    return;
+  }
+  // Per-thread partial sums of dw and db, reduced in thread order.
+  const int64_t part = (dw ? wsize : 0) + (db ? s.K : 0);
+  std::vector<T> partials((size_t)(part * nt), T(0));
+#pragma omp parallel num_threads(nt)
+  {
+    const int t = thread_id();
+    T* mine = partials.data() + part * t;
+    T* dwp = dw ? mine : nullptr;
+    T* dbp = db ? mine + (dw ? wsize : 0) : nullptr;
+    std::vector<char> colbuf, dcolbuf;
+    int64_t nb0, ne;
+    split(s.N, nt, t, nb0, ne);
+    for (int64_t n = nb0; n < ne; ++n)
+      bwd_sample(s, dy, x, w, dx, dwp, dbp, n, colbuf, dcolbuf, false);
+#pragma omp barrier
+    int64_t b0, e0;
+    split(part, nt, t, b0, e0);
+    for (int64_t i = b0; i < e0; ++i) {
+      T acc = partials[(size_t)i];
+      for (int u = 1; u < nt; ++u) acc += partials[(size_t)(part * u + i)];
+      if (dw && i < wsize) dw[i] = acc;
+      else db[i - (dw ? wsize : 0)] = acc;
+    }
+  }
+}
+
+// ---- depthwise --------------------------------------------------------------------------------
+//
+// Each input plane is copied into a zero-padded buffer, deinterleaved by the column stride:
+// padded column j = u*sw + phase is stored at buf[i*rowlen + phase*U + u], for padded row i.
+// Output (p, q) with tap (r, s) reads padded row p*sh + r*dh, column q*sw + s*dw, i.e. phase
+// (s*dw) % sw at u = q + (s*dw) / sw: consecutive q are consecutive in memory for every stride.
+
+namespace {
+
+struct DwGeom {
+  int64_t Hp, Wp, U, rowlen, size;
+  std::vector<int64_t> off;  // per tap r*S + s: offset from the start of output row's base
+};
+
+template <typename T>
+DwGeom dw_geom(const ConvShape& s) {
+  const int64_t V = simd<T>::width;
+  DwGeom g;
+  g.Hp = (s.P - 1) * s.stride_h + (s.R - 1) * s.dil_h + 1;
+  g.Wp = (s.Q - 1) * s.stride_w + (s.S - 1) * s.dil_w + 1;
+  g.U = s.Q + ((s.S - 1) * s.dil_w) / s.stride_w + V;  // slack for the last partial vector
+  g.rowlen = g.U * s.stride_w;
+  g.size = g.Hp * g.rowlen;
+  g.off.resize((size_t)(s.R * s.S));
+  for (int64_t r = 0; r < s.R; ++r)
+    for (int64_t c = 0; c < s.S; ++c) {
+      const int64_t j = c * s.dil_w;
+      g.off[(size_t)(r * s.S + c)] = r * s.dil_h * g.rowlen + (j % s.stride_w) * g.U + j / s.stride_w;
+    }
+  return g;
+}
+
+// Copy input plane xp (H, W) into the padded, deinterleaved buffer.
+template <typename T>
+void dw_fill(const ConvShape& s, const DwGeom& g, const T* xp, T* buf) {
+  std::memset(buf, 0, sizeof(T) * g.size);
+  const int64_t sw = s.stride_w;
+  // input column iw sits at padded column j = iw + pad_w, kept only while j < Wp
+  const int64_t iw_lo = std::max<int64_t>(0, -s.pad_w);
+  const int64_t iw_hi = std::min<int64_t>(s.W, g.Wp - s.pad_w);
+  for (int64_t i = 0; i < g.Hp; ++i) {
+    const int64_t ih = i - s.pad_h;
+    if (ih < 0 || ih >= s.H || iw_lo >= iw_hi) continue;
+    const T* src = xp + ih * s.W;
+    T* dst = buf + i * g.rowlen;
+    if (sw == 1) {
+      std::memcpy(dst + iw_lo + s.pad_w, src + iw_lo, sizeof(T) * (iw_hi - iw_lo));
+    } else {
+      int64_t ph = (iw_lo + s.pad_w) % sw, u = (iw_lo + s.pad_w) / sw;
+      for (int64_t iw = iw_lo; iw < iw_hi; ++iw) {
+        dst[ph * g.U + u] = src[iw];
+        if (++ph == sw) ph = 0, ++u;
+      }
+    }
+  }
+}
+
+// Store the first n lanes of v.
+template <typename T>
+inline void vstore_n(T* p, vec<T> v, int64_t n) {
+  T tmp[simd<T>::width];
+  vstore(tmp, v);
+  for (int64_t i = 0; i < n; ++i) p[i] = tmp[i];
+}
+// One output plane: yp[p, q] = bias + sum_t wt[t] * buf[p*sh*rowlen + off[t] + q].
+// NT > 0: the tap count known at compile time.
+template <typename T, int NT>
+void dw_plane_fwd(const ConvShape& s, const DwGeom& g, const T* buf, const T* wt, T bias, T* yp) {
+  constexpr int64_t V = simd<T>::width;
+  const int64_t ntaps = NT > 0 ? NT : s.R * s.S;
+  const int64_t* off = g.off.data();
+  const int64_t Q = s.Q;
+  for (int64_t p = 0; p < s.P; ++p) {
+    const T* base = buf + p * s.stride_h * g.rowlen;
+    T* yr = yp + p * Q;
+    int64_t q = 0;
+    for (; q + 2 * V <= Q; q += 2 * V) {
+      vec<T> a0 = vbroadcast(bias), a1 = a0;
+      for (int64_t t = 0; t < ntaps; ++t) {
+        const T* src = base + off[t] + q;
+        a0 += wt[t] * vload(src);
+        a1 += wt[t] * vload(src + V);
+      }
+      vstore(yr + q, a0);
+      vstore(yr + q + V, a1);
+    }
+    for (; q < Q; q += V) {
+      vec<T> a0 = vbroadcast(bias);
+      for (int64_t t = 0; t < ntaps; ++t) a0 += wt[t] * vload(base + off[t] + q);
+      if (q + V <= Q) vstore(yr + q, a0);
+      else vstore_n(yr + q, a0, Q - q);
+    }
+  }
+}
+
+template <typename T>
+bool is_depthwise(const ConvShape& s) {
+  return s.groups == s.C && s.C > 0 && s.K % s.C == 0;
+}
+
+}  // namespace
+
+template <typename T>
+void conv2d_forward_depthwise(const ConvShape& s, const T* x, const T* w, const T* b, T* y) {
+  if (!is_depthwise<T>(s)) return conv2d_forward_im2col(s, x, w, b, y);
+  const int64_t PQ = s.P * s.Q, m = s.K / s.C, RS = s.R * s.S;
+  if (s.N <= 0 || s.K <= 0 || PQ <= 0) return;
+  if (RS == 0) return conv2d_forward_im2col(s, x, w, b, y);
+  const DwGeom g = dw_geom<T>(s);
+  const int64_t planes = s.N * s.C;
+  const int nt = num_threads_for(planes);
+#pragma omp parallel num_threads(nt)
+  {
+    std::vector<T> buf((size_t)g.size);
+    int64_t b0, e0;
+    split(planes, nt, thread_id(), b0, e0);
+    for (int64_t i = b0; i < e0; ++i) {
+      const int64_t n = i / s.C, c = i % s.C;
+      dw_fill(s, g, x + i * s.H * s.W, buf.data());
+      for (int64_t j = 0; j < m; ++j) {
+        const int64_t k = c * m + j;
+        T* yp = y + (n * s.K + k) * PQ;
+        const T bias = b ? b[k] : T(0);
+        if (RS == 9) dw_plane_fwd<T, 9>(s, g, buf.data(), w + k * RS, bias, yp);
+        else dw_plane_fwd<T, 0>(s, g, buf.data(), w + k * RS, bias, yp);
+      }
+    }
+  }
+}
+
+namespace {
+
+// One plane of the backward pass. dyb holds the dy plane in rows of Qv (a multiple of the
+// vector width) with zero tails, so every load is a full vector and the tail lanes add zero.
+//   dw: accw[t] += sum_{p,q} dy[p,q] * buf[p*sh*rowlen + off[t] + q]
+//   dx: dbuf[p*sh*rowlen + off[t] + q] += wt[t] * dy[p,q]
+// Taps are the outer loop, so consecutive read-modify-writes of dbuf never overlap (no
+// store-to-load forwarding stalls) and the dw sums live in registers.
+template <typename T, int NT>
+void dw_plane_bwd(const ConvShape& s, const DwGeom& g, const T* dyb, int64_t Qv, const T* buf,
+                  T* dbuf, const T* wt, vec<T>* accw) {
+  constexpr int64_t V = simd<T>::width;
+  const int64_t ntaps = NT > 0 ? NT : s.R * s.S;
+  const int64_t rstep = s.stride_h * g.rowlen;
+  for (int64_t t = 0; t < ntaps; ++t) {
+    const int64_t o = g.off[(size_t)t];
+    if (buf) {
+      vec<T> a0 = vbroadcast(T(0)), a1 = a0;
+      for (int64_t p = 0; p < s.P; ++p) {
+        const T* src = buf + p * rstep + o;
+        const T* dr = dyb + p * Qv;
+        int64_t q = 0;
+        for (; q + 2 * V <= Qv; q += 2 * V) {
+          a0 += vload(dr + q) * vload(src + q);
+          a1 += vload(dr + q + V) * vload(src + q + V);
+        }
+        if (q < Qv) a0 += vload(dr + q) * vload(src + q);
+      }
+      accw[t] += a0 + a1;
+    }
+    if (dbuf) {
+      const T wv = wt[t];
+      for (int64_t p = 0; p < s.P; ++p) {
+        T* dst = dbuf + p * rstep + o;
+        const T* dr = dyb + p * Qv;
+        for (int64_t q = 0; q < Qv; q += V) vstore(dst + q, vload(dst + q) + wv * vload(dr + q));
+      }
+    }
+  }
+}
+
+// A vector in a struct, so that std::vector keeps its alignment attributes.
+template <typename T>
+struct VBox {
+  vec<T> v;
+};
+
+template <typename T>
+T hsum(vec<T> v) {
+  T tmp[simd<T>::width];
+  vstore(tmp, v);
+  T acc = 0;
+  for (int i = 0; i < simd<T>::width; ++i) acc += tmp[i];
+  return acc;
+}
+
+}  // namespace
+
+template <typename T>
+void conv2d_backward_depthwise(const ConvShape& s, const T* dy, const T* x, const T* w, T* dx,
+                               T* dw, T* db) {
+  if (!is_depthwise<T>(s)) return conv2d_backward_im2col(s, dy, x, w, dx, dw, db);
+  const int64_t PQ = s.P * s.Q, HW = s.H * s.W, RS = s.R * s.S;
+  if (s.N <= 0 || s.K <= 0 || PQ <= 0 || RS == 0)
+    return conv2d_backward_im2col(s, dy, x, w, dx, dw, db);
+  const int64_t m = s.K / s.C;
+  const DwGeom g = dw_geom<T>(s);
+  // Parallel over channels: each thread owns whole channels, so dw and db need no reduction.
+  const int nt = num_threads_for(s.C);
+#pragma omp parallel num_threads(nt)
+  {
+    constexpr int64_t V = simd<T>::width;
+    const int64_t Qv = (s.Q + V - 1) / V * V;
+    std::vector<T> buf(dw ? (size_t)g.size : 0), dbuf(dx ? (size_t)g.size : 0);
+    std::vector<T> dyb((size_t)(s.P * Qv), T(0));  // tails stay zero
+    std::vector<VBox<T>> accw((size_t)(RS * m));
+    std::vector<VBox<T>> accb((size_t)m);
+    int64_t c0, c1;
+    split(s.C, nt, thread_id(), c0, c1);
+    for (int64_t c = c0; c < c1; ++c) {
+      for (auto& a : accw) a.v = vbroadcast(T(0));
+      for (auto& a : accb) a.v = vbroadcast(T(0));
+      for (int64_t n = 0; n < s.N; ++n) {
+        const T* xp = x + (n * s.C + c) * HW;
+        if (dw) dw_fill(s, g, xp, buf.data());
+        if (dx) std::memset(dbuf.data(), 0, sizeof(T) * g.size);
+        for (int64_t j = 0; j < m; ++j) {
+          const int64_t k = c * m + j;
+          const T* dyp = dy + (n * s.K + k) * PQ;
+          for (int64_t p = 0; p < s.P; ++p)
+            std::memcpy(dyb.data() + p * Qv, dyp + p * s.Q, sizeof(T) * s.Q);
+          if (db) {
+            vec<T> a = accb[(size_t)j].v;
+            for (int64_t i = 0; i < s.P * Qv; i += V) a += vload(dyb.data() + i);
+            accb[(size_t)j].v = a;
+          }
+          if (!dw && !dx) continue;
+          T* bp = dw ? buf.data() : nullptr;
+          T* dbp = dx ? dbuf.data() : nullptr;
+          vec<T>* aw = &accw[(size_t)(j * RS)].v;
+          if (RS == 9) dw_plane_bwd<T, 9>(s, g, dyb.data(), Qv, bp, dbp, w + k * RS, aw);
+          else dw_plane_bwd<T, 0>(s, g, dyb.data(), Qv, bp, dbp, w + k * RS, aw);
+        }
+        if (dx) {
+          T* dxp = dx + (n * s.C + c) * HW;
+          const int64_t sw = s.stride_w;
+          for (int64_t ih = 0; ih < s.H; ++ih) {
+            T* dr = dxp + ih * s.W;
+            const int64_t i = ih + s.pad_h;
+            if (i >= g.Hp) {
+              std::memset(dr, 0, sizeof(T) * s.W);
+              continue;
+            }
+            const T* src = dbuf.data() + i * g.rowlen;
+            // input column iw is padded column iw + pad_w, inside the buffer while < Wp
+            const int64_t wn = std::max<int64_t>(0, std::min<int64_t>(s.W, g.Wp - s.pad_w));
+            if (sw == 1) {
+              std::memcpy(dr, src + s.pad_w, sizeof(T) * wn);
+            } else {
+              int64_t ph = s.pad_w % sw, u = s.pad_w / sw;
+              for (int64_t iw = 0; iw < wn; ++iw) {
+                dr[iw] = src[ph * g.U + u];
+                if (++ph == sw) ph = 0, ++u;
+              }
+            }
+            if (wn < s.W) std::memset(dr + wn, 0, sizeof(T) * (s.W - wn));
+          }
+        }
+      }
+      for (int64_t j = 0; j < m; ++j) {
+        const int64_t k = c * m + j;
+        if (dw)
+          for (int64_t t = 0; t < RS; ++t) dw[k * RS + t] = hsum<T>(accw[(size_t)(j * RS + t)].v);
+        if (db) db[k] = hsum<T>(accb[(size_t)j].v);
+      }
+    }
+  }
+}
+
+#define DLK_CONV_INSTANTIATE(T)                                                                   \
+  template void conv2d_forward_im2col<T>(const ConvShape&, const T*, const T*, const T*, T*);     \
+  template void conv2d_backward_im2col<T>(const ConvShape&, const T*, const T*, const T*, T*, T*, \
+                                          T*);                                                    \
+  template void conv2d_forward_depthwise<T>(const ConvShape&, const T*, const T*, const T*, T*);  \
+  template void conv2d_backward_depthwise<T>(const ConvShape&, const T*, const T*, const T*, T*,  \
+                                             T*, T*);
+DLK_CONV_INSTANTIATE(float)
+DLK_CONV_INSTANTIATE(double)
+
+}  // namespace DLK_ISA
+}  // namespace dlk
