@@ -11,7 +11,8 @@
 // Types:  dk_half (IEEE float16), dk_bf16 (bfloat16), float, double.
 // Math:   every load widens to acc_t<T> (float for the 16-bit types and float, double for
 //         double); sums run in acc_t; stores round once, to nearest even.
-#pragma once
+#ifndef DLK_COMMON_CUH
+#define DLK_COMMON_CUH
 
 typedef long long i64;
 typedef unsigned long long u64;
@@ -113,3 +114,5 @@ template <> __device__ __forceinline__ float dk_inf<float>() { return __int_as_f
 template <> __device__ __forceinline__ double dk_inf<double>() { return __longlong_as_double(0x7ff0000000000000LL); }
 __device__ __forceinline__ float dk_exp(float v) { return expf(v); }
 __device__ __forceinline__ double dk_exp(double v) { return exp(v); }
+
+#endif  // DLK_COMMON_CUH

@@ -156,9 +156,11 @@ def aggregate_forward_cuda(csr, x, w, reduce: str):
             rows = d.rows
             bx = min(128, max(1, 1 << (max(1, -(-F // VEC)) - 1).bit_length()))
             by = max(1, 256 // bx)
-            kern = _kernel("graph_segment_maxmin_cuda", x, rows.index_dtype, ", 1" if reduce == "max" else ", 0")
+            is_max = ", 1" if reduce == "max" else ", 0"
+            kern = _kernel("graph_segment_maxmin_cuda", x, rows.index_dtype, is_max)
             _cuda.launch(kern, (_cuda.cdiv(rows.R, by), _cuda.cdiv(F, bx * VEC), 1), (bx, by),
-                         (rows.indptr, np.int64(rows.R), rows.col, *_perm_args(rows), _ptr(w), x, out, np.int32(F)))
+                         (rows.indptr, np.int64(rows.R), rows.col, *_perm_args(rows), _ptr(w), x, out,
+                          np.int32(F)))
         return out
 
 
@@ -186,7 +188,8 @@ def aggregate_backward_cuda(csr, g, x, w, out, reduce: str):
                       np.int32(F)))
         k = _kernel("graph_maxmin_dx_cuda", x, t.index_dtype)
         _cuda.launch(k, (_cuda.cdiv(N * F, 256),), (256,),
-                     (t.indptr, np.int64(t.R), t.col, *_perm_args(t), _ptr(w), x, out, share, dx, np.int32(F)))
+                     (t.indptr, np.int64(t.R), t.col, *_perm_args(t), _ptr(w), x, out, share, dx,
+                      np.int32(F)))
         if dw is not None:
             k = _kernel("graph_maxmin_dw_cuda", x, rows.index_dtype)
             _cuda.launch(k, (_cuda.cdiv(rows.R * 32, 256),), (256,),
