@@ -290,6 +290,291 @@ void lstm_backward(py::array dy, py::array dh_n, py::array dc_n, py::array x, py
                            dh0, dc0, dw_ih, dw_hh, db, dw_hr);
 }
 
+// ---- attention ------------------------------------------------------------------------------
+
+// check<T> for an input that may be read-only (a broadcast view, a read-only buffer).
+template <typename T>
+const T* check_in(py::array& a, const char* name, const std::vector<int64_t>& shape) {
+  if (a.writeable()) return check<T>(a, name, shape, false);
+  if (!a.dtype().is(py::dtype::of<T>()))
+    throw py::type_error(std::string(name) + ": expected dtype " +
+                         std::string(py::str(py::dtype::of<T>())) + ", got " +
+                         std::string(py::str(a.dtype())));
+  if (!(a.flags() & py::array::c_style))
+    throw py::value_error(std::string(name) + ": expected a C-contiguous array");
+  std::vector<int64_t> got(a.shape(), a.shape() + a.ndim());
+  bool same = got.size() == shape.size();
+  for (size_t i = 0; same && i < shape.size(); ++i) same = shape[i] < 0 || shape[i] == got[i];
+  if (!same)
+    throw py::value_error(std::string(name) + ": expected shape " + shape_str(shape) + ", got " +
+                          shape_str(got));
+  return static_cast<const T*>(a.data());
+}
+
+// Shapes and the index/mask offsets, checked so that no kernel read leaves the arrays.
+template <typename T>
+dlk::scalar::AttnShape attention_check(py::array& q, py::array& k, py::array& v, py::array& kv_index,
+                                       py::object& mask, py::object& mask_off, int64_t mrs, int64_t mcs,
+                                       const T** M, const int64_t** MO, const int64_t** KV) {
+  if (q.ndim() != 3 || k.ndim() != 3 || v.ndim() != 3) throw py::value_error("query, key, value: expected 3-D");
+  dlk::scalar::AttnShape a{};
+  a.Z = q.shape(0); a.L = q.shape(1); a.E = q.shape(2);
+  a.Zk = k.shape(0); a.S = k.shape(1); a.Ev = v.shape(2);
+  check_in<T>(q, "query", {a.Z, a.L, a.E});
+  check_in<T>(k, "key", {a.Zk, a.S, a.E});
+  check_in<T>(v, "value", {a.Zk, a.S, a.Ev});
+  *KV = check_in<int64_t>(kv_index, "kv_index", {a.Z});
+  for (int64_t z = 0; z < a.Z; ++z)
+    if ((*KV)[z] < 0 || (*KV)[z] >= a.Zk) throw py::index_error("kv_index: out of range");
+  *M = nullptr;
+  *MO = nullptr;
+  if (!mask.is_none()) {
+    py::array m = mask.cast<py::array>(), mo = mask_off.cast<py::array>();
+    std::vector<int64_t> any(m.ndim(), -1);
+    *M = check_in<T>(m, "attn_mask", any);
+    *MO = check_in<int64_t>(mo, "mask_offset", {a.Z});
+    if (mrs < 0 || mcs < 0) throw py::value_error("attn_mask: negative strides");
+    for (int64_t z = 0; z < a.Z; ++z) {
+      int64_t last = (*MO)[z] + (a.L > 0 ? (a.L - 1) * mrs : 0) + (a.S > 0 ? (a.S - 1) * mcs : 0);
+      if ((*MO)[z] < 0 || (a.L > 0 && a.S > 0 && last >= (int64_t)m.size()))
+        throw py::index_error("mask_offset: out of range");
+    }
+  }
+  return a;
+}
+
+template <typename T>
+void attention_forward_t(py::array q, py::array k, py::array v, py::array kv_index, py::object mask,
+                         py::object mask_off, int64_t mrs, int64_t mcs, bool causal, double scale,
+                         bool dropout, uint64_t seed, uint64_t threshold, double dscale, py::array out,
+                         py::array lse) {
+  const T* M;
+  const int64_t *MO, *KV;
+  auto a = attention_check<T>(q, k, v, kv_index, mask, mask_off, mrs, mcs, &M, &MO, &KV);
+  a.causal = causal; a.scale = scale; a.dropout = dropout; a.seed = seed; a.threshold = threshold;
+  a.dscale = dscale;
+  const T* Q = static_cast<const T*>(q.data());
+  const T* K = static_cast<const T*>(k.data());
+  const T* V = static_cast<const T*>(v.data());
+  T* O = check<T>(out, "out", {a.Z, a.L, a.Ev}, true);
+  T* LSE = check<T>(lse, "lse", {a.Z, a.L}, true);
+  py::gil_scoped_release nogil;
+  DLK_CALL(attention_forward<T>, a, Q, K, V, KV, M, MO, mrs, mcs, O, LSE);
+}
+
+template <typename T>
+void attention_backward_t(py::array dout, py::array q, py::array k, py::array v, py::array out,
+                          py::array lse, py::array kv_index, py::object mask, py::object mask_off,
+                          int64_t mrs, int64_t mcs, bool causal, double scale, bool dropout,
+                          uint64_t seed, uint64_t threshold, double dscale, py::array dq, py::array dk,
+                          py::array dv, py::object dmask) {
+  const T* M;
+  const int64_t *MO, *KV;
+  auto a = attention_check<T>(q, k, v, kv_index, mask, mask_off, mrs, mcs, &M, &MO, &KV);
+  a.causal = causal; a.scale = scale; a.dropout = dropout; a.seed = seed; a.threshold = threshold;
+  a.dscale = dscale;
+  const T* Q = static_cast<const T*>(q.data());
+  const T* K = static_cast<const T*>(k.data());
+  const T* V = static_cast<const T*>(v.data());
+  const T* DO = check_in<T>(dout, "grad_output", {a.Z, a.L, a.Ev});
+  const T* O = check_in<T>(out, "out", {a.Z, a.L, a.Ev});
+  const T* LSE = check_in<T>(lse, "lse", {a.Z, a.L});
+  T* DQ = check<T>(dq, "grad_query", {a.Z, a.L, a.E}, true);
+  T* DK = check<T>(dk, "grad_key", {a.Zk, a.S, a.E}, true);
+  T* DV = check<T>(dv, "grad_value", {a.Zk, a.S, a.Ev}, true);
+  T* DM = check_opt<T>(dmask, "grad_attn_mask", {a.Z, a.L, a.S}, true);
+  py::gil_scoped_release nogil;
+  DLK_CALL(attention_backward<T>, a, DO, Q, K, V, O, LSE, KV, M, MO, mrs, mcs, DQ, DK, DV, DM);
+}
+
+void attention_forward(py::array q, py::array k, py::array v, py::array kv_index, py::object mask,
+                       py::object mask_off, int64_t mrs, int64_t mcs, bool causal, double scale,
+                       bool dropout, uint64_t seed, uint64_t threshold, double dscale, py::array out,
+                       py::array lse) {
+  if (is_f64(out)) attention_forward_t<double>(q, k, v, kv_index, mask, mask_off, mrs, mcs, causal, scale, dropout, seed, threshold, dscale, out, lse);
+  else attention_forward_t<float>(q, k, v, kv_index, mask, mask_off, mrs, mcs, causal, scale, dropout, seed, threshold, dscale, out, lse);
+}
+
+void attention_backward(py::array dout, py::array q, py::array k, py::array v, py::array out,
+                        py::array lse, py::array kv_index, py::object mask, py::object mask_off,
+                        int64_t mrs, int64_t mcs, bool causal, double scale, bool dropout,
+                        uint64_t seed, uint64_t threshold, double dscale, py::array dq, py::array dk,
+                        py::array dv, py::object dmask) {
+  if (is_f64(dq)) attention_backward_t<double>(dout, q, k, v, out, lse, kv_index, mask, mask_off, mrs, mcs, causal, scale, dropout, seed, threshold, dscale, dq, dk, dv, dmask);
+  else attention_backward_t<float>(dout, q, k, v, out, lse, kv_index, mask, mask_off, mrs, mcs, causal, scale, dropout, seed, threshold, dscale, dq, dk, dv, dmask);
+}
+
+// ---- graph ---------------------------------------------------------------------------------
+// CSR arrays: indptr (R+1,) int64 from 0 to E; col (E,) int32 or int64 (I); perm (E,) int64 or
+// None. The Python layer (ops/graph/structure.py) validated every index when it built the graph.
+
+const int64_t* graph_indptr(py::array& a, const char* name, int64_t E, int64_t& R) {
+  if (a.ndim() != 1 || a.shape(0) < 1)
+    throw py::value_error(std::string(name) + ": expected a 1-D array of R + 1 offsets");
+  const int64_t* p = check<int64_t>(a, name, {-1}, false);
+  R = a.shape(0) - 1;
+  if (p[0] != 0 || p[R] != E)
+    throw py::value_error(std::string(name) + ": expected offsets from 0 to " + std::to_string(E));
+  return p;
+}
+
+int64_t graph_edges(py::array& col, const char* name) {
+  if (col.ndim() != 1) throw py::value_error(std::string(name) + ": expected a 1-D index array");
+  return col.shape(0);
+}
+
+bool is_i32(py::array& a) { return a.dtype().is(py::dtype::of<int32_t>()); }
+
+template <typename T, typename I>
+void graph_segment_sum_t(py::array indptr, py::array col, py::object perm, py::object w, py::array x,
+                         py::object scale, py::array out) {
+  int64_t E = graph_edges(col, "col"), R;
+  const int64_t* IP = graph_indptr(indptr, "indptr", E, R);
+  const I* C = check<I>(col, "col", {E}, false);
+  const int64_t* PM = check_opt<int64_t>(perm, "perm", {E}, false);
+  if (x.ndim() != 3) throw py::value_error("x: expected a 3-D array (N, H, F)");
+  int64_t N = x.shape(0), H = x.shape(1), F = x.shape(2);
+  const T* X = check<T>(x, "x", {N, H, F}, false);
+  const T* Wt = check_opt<T>(w, "w", {E, H}, false);
+  const T* S = check_opt<T>(scale, "scale", {R}, false);
+  T* O = check<T>(out, "out", {R, H, F}, true);
+  py::gil_scoped_release nogil;
+  DLK_CALL(graph_segment_sum, R, IP, C, PM, Wt, H, F, X, S, O);
+}
+
+template <typename T, typename I>
+void graph_segment_maxmin_t(py::array indptr, py::array col, py::object perm, py::object w, py::array x,
+                            bool is_max, py::array out) {
+  int64_t E = graph_edges(col, "col"), R;
+  const int64_t* IP = graph_indptr(indptr, "indptr", E, R);
+  const I* C = check<I>(col, "col", {E}, false);
+  const int64_t* PM = check_opt<int64_t>(perm, "perm", {E}, false);
+  if (x.ndim() != 2) throw py::value_error("x: expected a 2-D array (N, F)");
+  int64_t N = x.shape(0), F = x.shape(1);
+  const T* X = check<T>(x, "x", {N, F}, false);
+  const T* Wt = check_opt<T>(w, "w", {E}, false);
+  T* O = check<T>(out, "out", {R, F}, true);
+  py::gil_scoped_release nogil;
+  DLK_CALL(graph_segment_maxmin, R, IP, C, PM, Wt, F, X, is_max, O);
+}
+
+template <typename T, typename I>
+void graph_edge_dot_t(py::array indptr, py::array col, py::object perm, py::array a, py::array b,
+                      py::object scale, py::array out) {
+  int64_t E = graph_edges(col, "col"), R;
+  const int64_t* IP = graph_indptr(indptr, "indptr", E, R);
+  const I* C = check<I>(col, "col", {E}, false);
+  const int64_t* PM = check_opt<int64_t>(perm, "perm", {E}, false);
+  if (a.ndim() != 3) throw py::value_error("a: expected a 3-D array (N, H, F)");
+  int64_t N = a.shape(0), H = a.shape(1), F = a.shape(2);
+  const T* A = check<T>(a, "a", {N, H, F}, false);
+  const T* Bp = check<T>(b, "b", {R, H, F}, false);
+  const T* S = check_opt<T>(scale, "scale", {R}, false);
+  T* O = check<T>(out, "out", {E, H}, true);
+  py::gil_scoped_release nogil;
+  DLK_CALL(graph_edge_dot, R, IP, C, PM, H, F, A, Bp, S, O);
+}
+
+template <typename T, typename I>
+void graph_maxmin_backward_t(py::array indptr, py::array col, py::object perm, py::array t_indptr,
+                             py::array t_col, py::object t_perm, py::object w, py::array x, py::array out,
+                             py::array g, py::array dx, py::object dw) {
+  int64_t E = graph_edges(col, "col"), R, N;
+  const int64_t* IP = graph_indptr(indptr, "indptr", E, R);
+  const int64_t* TIP = graph_indptr(t_indptr, "t_indptr", E, N);
+  const I* C = check<I>(col, "col", {E}, false);
+  const I* TC = check<I>(t_col, "t_col", {E}, false);
+  const int64_t* PM = check_opt<int64_t>(perm, "perm", {E}, false);
+  const int64_t* TPM = check_opt<int64_t>(t_perm, "t_perm", {E}, false);
+  if (x.ndim() != 2) throw py::value_error("x: expected a 2-D array (N, F)");
+  int64_t F = x.shape(1);
+  const T* X = check<T>(x, "x", {N, F}, false);
+  const T* Wt = check_opt<T>(w, "w", {E}, false);
+  const T* O = check_in<T>(out, "out", {R, F});
+  const T* G = check<T>(g, "grad_output", {R, F}, false);
+  T* DX = check<T>(dx, "dx", {N, F}, true);
+  T* DW = check_opt<T>(dw, "dw", {E}, true);
+  py::gil_scoped_release nogil;
+  DLK_CALL(graph_maxmin_backward, R, IP, C, PM, N, TIP, TC, TPM, Wt, F, X, O, G, DX, DW);
+}
+
+template <typename T>
+void graph_softmax_t(py::array indptr, py::object perm, py::array s, py::object g, py::array y, py::object ds) {
+  if (s.ndim() != 2) throw py::value_error("scores: expected a 2-D array (E, H)");
+  int64_t E = s.shape(0), H = s.shape(1), R;
+  const int64_t* IP = graph_indptr(indptr, "indptr", E, R);
+  const int64_t* PM = check_opt<int64_t>(perm, "perm", {E}, false);
+  if (g.is_none()) {  // forward: s = scores, y = output
+    const T* S = check<T>(s, "scores", {E, H}, false);
+    T* Y = check<T>(y, "out", {E, H}, true);
+    py::gil_scoped_release nogil;
+    DLK_CALL(graph_softmax_forward, R, IP, PM, H, S, Y);
+  } else {  // backward: s = the forward's output y, y = unused, ds = the gradient
+    const T* Yf = check<T>(s, "out", {E, H}, false);
+    const T* G = check_opt<T>(g, "grad_output", {E, H}, false);
+    T* DS = check_opt<T>(ds, "grad_scores", {E, H}, true);
+    py::gil_scoped_release nogil;
+    DLK_CALL(graph_softmax_backward, R, IP, PM, H, Yf, G, DS);
+  }
+}
+
+template <typename I>
+void graph_group_by_t(py::array key, py::array indptr, py::array perm) {
+  int64_t E = graph_edges(key, "key");
+  if (indptr.ndim() != 1 || indptr.shape(0) < 1) throw py::value_error("indptr: expected G + 1 entries");
+  int64_t G = indptr.shape(0) - 1;
+  const I* K = check<I>(key, "key", {E}, false);
+  int64_t* IP = check<int64_t>(indptr, "indptr", {G + 1}, true);
+  int64_t* PM = check<int64_t>(perm, "perm", {E}, true);
+  py::gil_scoped_release nogil;
+  DLK_CALL(graph_group_by, G, E, K, IP, PM);
+}
+
+// Dispatch on the float dtype (of `f`) and the index dtype (of `i`).
+#define DLK_GRAPH_DISPATCH(fn, f, i, ...)                                      \
+  do {                                                                         \
+    if (is_f64(f)) {                                                           \
+      if (is_i32(i)) fn<double, int32_t>(__VA_ARGS__);                         \
+      else fn<double, int64_t>(__VA_ARGS__);                                   \
+    } else {                                                                   \
+      if (is_i32(i)) fn<float, int32_t>(__VA_ARGS__);                          \
+      else fn<float, int64_t>(__VA_ARGS__);                                    \
+    }                                                                          \
+  } while (0)
+
+void graph_segment_sum_py(py::array indptr, py::array col, py::object perm, py::object w, py::array x,
+                          py::object scale, py::array out) {
+  DLK_GRAPH_DISPATCH(graph_segment_sum_t, out, col, indptr, col, perm, w, x, scale, out);
+}
+void graph_segment_maxmin_py(py::array indptr, py::array col, py::object perm, py::object w, py::array x,
+                             bool is_max, py::array out) {
+  DLK_GRAPH_DISPATCH(graph_segment_maxmin_t, out, col, indptr, col, perm, w, x, is_max, out);
+}
+void graph_edge_dot_py(py::array indptr, py::array col, py::object perm, py::array a, py::array b,
+                       py::object scale, py::array out) {
+  DLK_GRAPH_DISPATCH(graph_edge_dot_t, out, col, indptr, col, perm, a, b, scale, out);
+}
+void graph_maxmin_backward_py(py::array indptr, py::array col, py::object perm, py::array t_indptr,
+                              py::array t_col, py::object t_perm, py::object w, py::array x, py::array out,
+                              py::array g, py::array dx, py::object dw) {
+  if (!t_col.dtype().is(col.dtype())) throw py::type_error("t_col: expected the dtype of col");
+  DLK_GRAPH_DISPATCH(graph_maxmin_backward_t, dx, col, indptr, col, perm, t_indptr, t_col, t_perm, w, x, out,
+                     g, dx, dw);
+}
+void graph_softmax_forward_py(py::array indptr, py::object perm, py::array s, py::array y) {
+  if (is_f64(y)) graph_softmax_t<double>(indptr, perm, s, py::none(), y, py::none());
+  else graph_softmax_t<float>(indptr, perm, s, py::none(), y, py::none());
+}
+void graph_softmax_backward_py(py::array indptr, py::object perm, py::array y, py::array g, py::array ds) {
+  if (is_f64(ds)) graph_softmax_t<double>(indptr, perm, y, g, ds, ds);
+  else graph_softmax_t<float>(indptr, perm, y, g, ds, ds);
+}
+void graph_group_by_py(py::array key, py::array indptr, py::array perm) {
+  if (is_i32(key)) graph_group_by_t<int32_t>(key, indptr, perm);
+  else graph_group_by_t<int64_t>(key, indptr, perm);
+}
+#undef DLK_GRAPH_DISPATCH
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -323,4 +608,28 @@ PYBIND11_MODULE(_C, m) {
         py::arg("w_hh"), py::arg("w_hr"), py::arg("lengths"), py::arg("gates"), py::arg("c"),
         py::arg("output"), py::arg("grad_input"), py::arg("grad_hx"), py::arg("grad_cx"),
         py::arg("grad_w_ih"), py::arg("grad_w_hh"), py::arg("grad_bias"), py::arg("grad_w_hr"));
+  m.def("attention_forward", &attention_forward, py::arg("query"), py::arg("key"), py::arg("value"),
+        py::arg("kv_index"), py::arg("attn_mask"), py::arg("mask_offset"), py::arg("mask_row_stride"),
+        py::arg("mask_col_stride"), py::arg("is_causal"), py::arg("scale"), py::arg("dropout"),
+        py::arg("seed"), py::arg("threshold"), py::arg("dropout_scale"), py::arg("out"), py::arg("lse"));
+  m.def("attention_backward", &attention_backward, py::arg("grad_output"), py::arg("query"),
+        py::arg("key"), py::arg("value"), py::arg("out"), py::arg("lse"), py::arg("kv_index"),
+        py::arg("attn_mask"), py::arg("mask_offset"), py::arg("mask_row_stride"),
+        py::arg("mask_col_stride"), py::arg("is_causal"), py::arg("scale"), py::arg("dropout"),
+        py::arg("seed"), py::arg("threshold"), py::arg("dropout_scale"), py::arg("grad_query"),
+        py::arg("grad_key"), py::arg("grad_value"), py::arg("grad_attn_mask"));
+  m.def("graph_segment_sum", &graph_segment_sum_py, py::arg("indptr"), py::arg("col"), py::arg("perm"),
+        py::arg("w"), py::arg("x"), py::arg("scale"), py::arg("out"));
+  m.def("graph_segment_maxmin", &graph_segment_maxmin_py, py::arg("indptr"), py::arg("col"), py::arg("perm"),
+        py::arg("w"), py::arg("x"), py::arg("is_max"), py::arg("out"));
+  m.def("graph_edge_dot", &graph_edge_dot_py, py::arg("indptr"), py::arg("col"), py::arg("perm"), py::arg("a"),
+        py::arg("b"), py::arg("scale"), py::arg("out"));
+  m.def("graph_maxmin_backward", &graph_maxmin_backward_py, py::arg("indptr"), py::arg("col"), py::arg("perm"),
+        py::arg("t_indptr"), py::arg("t_col"), py::arg("t_perm"), py::arg("w"), py::arg("x"), py::arg("out"),
+        py::arg("grad_output"), py::arg("dx"), py::arg("dw"));
+  m.def("graph_softmax_forward", &graph_softmax_forward_py, py::arg("indptr"), py::arg("perm"), py::arg("scores"),
+        py::arg("out"));
+  m.def("graph_softmax_backward", &graph_softmax_backward_py, py::arg("indptr"), py::arg("perm"), py::arg("out"),
+        py::arg("grad_output"), py::arg("grad_scores"));
+  m.def("graph_group_by", &graph_group_by_py, py::arg("key"), py::arg("indptr"), py::arg("perm"));
 }

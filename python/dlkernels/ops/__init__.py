@@ -2,3 +2,5 @@
 
 from . import conv, matmul  # noqa: F401
 from . import lstm  # noqa: F401
+from . import attention  # noqa: F401
+from . import graph  # noqa: F401

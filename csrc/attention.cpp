@@ -1,0 +1,439 @@
+// attention.cpp: scaled dot-product attention, flash-style, forward and backward.
+//
+// Never builds the L x S score matrix. Queries go in blocks of BR rows, keys in blocks of BC;
+// a BR x BC score tile lives in a per-thread buffer, so the memory beyond inputs and outputs
+// is O((BR + S) * E) per thread (the S * E is the current head's packed keys and values).
+//
+// forward (flash): for each output head z (in order), the keys and values of its key head
+//   are packed once for the packed GEMM (shared by the threads), then the threads take query
+//   blocks: S = Q Kᵀ (gemm), online softmax on the tile rows (running max m, sum l, the
+//   accumulator rescaled by exp(m_old - m_new)), O += P V (gemm). Key blocks past the causal
+//   diagonal are never visited. The row log-sum-exp m + log l is saved (+inf: fully masked).
+// forward (rows): L <= ROWS_MAX_L (decoding): one task per query row streams over the keys,
+//   dot products along E, the same online softmax, O += p v: keys and values are read once.
+// backward: one task per key head (no two tasks write the same dq, dk or dv: no races,
+//   bitwise repeatable). For each key block j (packed once), for each output head z that reads
+//   this key head and each query block i: S = Q Kᵀ, P = exp(S - lse), dP = dO Vᵀ,
+//   dS = P * (dP * drop - D) with D = rowsum(dO * O), then dV_j += P~ᵀ dO, dQ_i += scale dS K_j,
+//   dK_j += scale dSᵀ Q_i.
+// Dropout: the counter-based generator of python/dlkernels/ops/attention/common.py.
+#include "dlk.h"
+#include "kernels.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+namespace dlk {
+namespace DLK_ISA {
+namespace {
+
+constexpr int64_t ROWS_MAX_L = 4;
+
+template <typename T>
+struct Blocks;
+template <>
+struct Blocks<float> {
+  static constexpr int64_t BR = 112, BC = 256;
+};
+template <>
+struct Blocks<double> {
+  static constexpr int64_t BR = 56, BC = 128;
+};
+
+// ---- vector exp: exp(x) = 2^n * exp(r), r = x - n ln2 in [-ln2/2, ln2/2], Taylor in r ----
+template <typename T>
+struct ExpConst;
+template <>
+struct ExpConst<float> {
+  using I = int32_t;
+  static constexpr float lo = -87.0f, hi = 88.0f, magic = 12582912.0f;  // 1.5 * 2^23
+  static constexpr int deg = 7, mant = 23, bias = 127;
+};
+template <>
+struct ExpConst<double> {
+  using I = int64_t;
+  static constexpr double lo = -708.0, hi = 709.0, magic = 6755399441055744.0;  // 1.5 * 2^52
+  static constexpr int deg = 13, mant = 52, bias = 1023;
+};
+
+template <typename T>
+inline vec<T> vexp(vec<T> x) {
+  using C = ExpConst<T>;
+  typedef typename C::I ivec __attribute__((vector_size(VBYTES)));
+  const vec<T> zero = vec<T>{};
+  const vec<T> lo = zero + C::lo, hi = zero + C::hi;
+  auto tiny = x < lo;
+  x = x < lo ? lo : x;
+  x = x > hi ? hi : x;
+  vec<T> n = (x * (T)1.4426950408889634 + C::magic) - C::magic;  // round to nearest
+  vec<T> r = x - n * (T)0.693145751953125;                          // ln2, high part
+  r = r - n * (T)1.428606820309417232e-06;                           // low part
+  vec<T> p = zero + (T)1;
+  for (int d = C::deg; d >= 1; --d) p = p * r * (T)(1.0 / d) + (T)1;  // 1 + r/1 (1 + r/2 (1 + ...))
+  ivec ni = __builtin_convertvector(n, ivec);
+  ivec bits = (ni + (typename C::I)C::bias) << C::mant;
+  vec<T> res = p * (vec<T>)bits;
+  return tiny ? zero : res;
+}
+
+template <typename T>
+inline T sexp(T x) {
+  return x == -std::numeric_limits<T>::infinity() ? T(0) : std::exp(x);
+}
+
+// ---- dropout: SplitMix64 on the element's position (see common.py) -------------------------
+inline bool keep(uint64_t seed, uint64_t threshold, uint64_t ctr) {
+  uint64_t x = seed + (ctr + 1) * 0x9E3779B97F4A7C15ULL;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
+  x = x ^ (x >> 31);
+  return (x >> 40) >= threshold;
+}
+
+template <typename T>
+struct Ctx {
+  const AttnShape& a;
+  const T* mask;
+  const int64_t* mask_off;
+  int64_t mrs, mcs;
+};
+
+// s[0..n) = s * scale + mask row, -inf past the causal diagonal (key index > row i); returns
+// the row's max. j0: the tile's first key.
+template <typename T>
+inline T prep_row(const Ctx<T>& c, T* s, int64_t n, int64_t z, int64_t i, int64_t j0) {
+  constexpr int W = simd<T>::width;
+  const T scale = (T)c.a.scale;
+  int64_t j = 0;
+  if (c.mask) {
+    const T* mrow = c.mask + c.mask_off[z] + i * c.mrs + j0 * c.mcs;
+    if (c.mcs == 1) {
+      for (; j + W <= n; j += W) vstore(s + j, vload(s + j) * scale + vload(mrow + j));
+      for (; j < n; ++j) s[j] = s[j] * scale + mrow[j];
+    } else {
+      for (; j < n; ++j) s[j] = s[j] * scale + mrow[j * c.mcs];
+    }
+  } else {
+    for (; j + W <= n; j += W) vstore(s + j, vload(s + j) * scale);
+    for (; j < n; ++j) s[j] = s[j] * scale;
+  }
+  if (c.a.causal) {
+    for (int64_t jj = std::max<int64_t>(0, i - j0 + 1); jj < n; ++jj)
+      s[jj] = -std::numeric_limits<T>::infinity();
+  }
+  const T ninf = -std::numeric_limits<T>::infinity();
+  vec<T> mv = vec<T>{} + ninf;
+  j = 0;
+  for (; j + W <= n; j += W) {
+    vec<T> x = vload(s + j);
+    mv = x > mv ? x : mv;
+  }
+  T m = ninf;
+  for (int l = 0; l < W; ++l) m = std::max(m, (T)mv[l]);
+  for (; j < n; ++j) m = std::max(m, s[j]);
+  return m;
+}
+
+// s = exp(s - m) in place; returns the sum. A row with m = -inf gives zeros.
+template <typename T>
+inline T exp_row(T* s, int64_t n, T m) {
+  constexpr int W = simd<T>::width;
+  if (m == -std::numeric_limits<T>::infinity()) {
+    std::fill(s, s + n, T(0));
+    return 0;
+  }
+  vec<T> acc = vec<T>{};
+  int64_t j = 0;
+  for (; j + W <= n; j += W) {
+    vec<T> e = vexp<T>(vload(s + j) - m);
+    vstore(s + j, e);
+    acc += e;
+  }
+  T sum = 0;
+  for (int l = 0; l < W; ++l) sum += acc[l];
+  for (; j < n; ++j) {
+    s[j] = sexp(s[j] - m);
+    sum += s[j];
+  }
+  return sum;
+}
+
+// Apply dropout to p[0..n) of row (z, i), keys j0.. : p *= keep / (1 - p_drop).
+template <typename T>
+inline void drop_row(const AttnShape& a, T* p, int64_t n, int64_t z, int64_t i, int64_t j0) {
+  const uint64_t base = ((uint64_t)z * (uint64_t)a.L + (uint64_t)i) * (uint64_t)a.S + (uint64_t)j0;
+  const T ds = (T)a.dscale;
+  for (int64_t j = 0; j < n; ++j) p[j] = keep(a.seed, a.threshold, base + (uint64_t)j) ? p[j] * ds : T(0);
+}
+
+// gemm that also handles an empty reduction (K == 0) by zeroing C when not accumulating.
+template <typename T>
+inline void mm(int64_t M, int64_t N, int64_t K, const T* A, int64_t rsa, int64_t csa, const T* B,
+               int64_t rsb, int64_t csb, T* C, int64_t ldc, bool acc) {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    if (!acc)
+      for (int64_t i = 0; i < M; ++i) std::fill(C + i * ldc, C + i * ldc + N, T(0));
+    return;
+  }
+  gemm<T>(M, N, K, A, rsa, csa, B, rsb, csb, C, ldc, acc, false);
+}
+
+template <typename T>
+inline void mm_packed(int64_t M, int64_t N, int64_t K, const T* A, int64_t rsa, int64_t csa,
+                      const T* packed, T* C, int64_t ldc, bool acc) {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    if (!acc)
+      for (int64_t i = 0; i < M; ++i) std::fill(C + i * ldc, C + i * ldc + N, T(0));
+    return;
+  }
+  gemm_prepacked_b<T>(M, N, K, A, rsa, csa, packed, C, ldc, acc, false);
+}
+
+// Number of key blocks row block [i0, i1) visits: all, or up to the causal diagonal.
+inline int64_t key_blocks(const AttnShape& a, int64_t i1, int64_t BC) {
+  int64_t nb = (a.S + BC - 1) / BC;
+  if (a.causal) nb = std::min(nb, (std::min(i1, a.S) + BC - 1) / BC);  // keys j <= i1 - 1
+  return nb;
+}
+
+// ---- forward, tiled ------------------------------------------------------------------------
+template <typename T>
+void forward_flash(const Ctx<T>& c, const T* q, const T* k, const T* v, const int64_t* kv_index,
+                   T* out, T* lse) {
+  const AttnShape& a = c.a;
+  constexpr int64_t BR = Blocks<T>::BR, BC = Blocks<T>::BC;
+  const int64_t L = a.L, S = a.S, E = a.E, Ev = a.Ev;
+  const int64_t nkb = (S + BC - 1) / BC, nqb = (L + BR - 1) / BR;
+  const int64_t kblk = gemm_packed_b_size<T>(E, BC), vblk = gemm_packed_b_size<T>(BC, Ev);
+  std::vector<T> kpack((size_t)(nkb * kblk)), vpack((size_t)(nkb * vblk));
+  const T ninf = -std::numeric_limits<T>::infinity();
+#pragma omp parallel
+  {
+    std::vector<T> st((size_t)(BR * BC)), acc((size_t)(BR * Ev)), m((size_t)BR), l((size_t)BR);
+    for (int64_t z = 0; z < a.Z; ++z) {
+      const int64_t zk = kv_index[z];
+      if (z == 0 || kv_index[z - 1] != zk) {  // a new key head: pack its keys and values
+#pragma omp for schedule(static)
+        for (int64_t jb = 0; jb < nkb; ++jb) {
+          const int64_t j0 = jb * BC, bc = std::min(BC, S - j0);
+          gemm_pack_b<T>(E, bc, k + (zk * S + j0) * E, 1, E, kpack.data() + jb * kblk);
+          gemm_pack_b<T>(bc, Ev, v + (zk * S + j0) * Ev, Ev, 1, vpack.data() + jb * vblk);
+        }
+      }
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t qb = nqb - 1; qb >= 0; --qb) {  // the longest causal rows first
+        const int64_t i0 = qb * BR, br = std::min(BR, L - i0);
+        const T* qz = q + (z * L + i0) * E;
+        std::fill(acc.begin(), acc.begin() + br * Ev, T(0));
+        std::fill(m.begin(), m.end(), ninf);
+        std::fill(l.begin(), l.end(), T(0));
+        const int64_t nb = key_blocks(a, i0 + br, BC);
+        for (int64_t jb = 0; jb < nb; ++jb) {
+          const int64_t j0 = jb * BC, bc = std::min(BC, S - j0);
+          mm_packed<T>(br, bc, E, qz, E, 1, kpack.data() + jb * kblk, st.data(), BC, false);
+          for (int64_t r = 0; r < br; ++r) {
+            T* s = st.data() + r * BC;
+            const T mt = prep_row(c, s, bc, z, i0 + r, j0);
+            const T mnew = std::max(m[r], mt);
+            const T alpha = mnew == ninf ? T(1) : sexp(m[r] - mnew);
+            const T sum = exp_row(s, bc, mnew);
+            l[r] = l[r] * alpha + sum;
+            m[r] = mnew;
+            if (a.dropout) drop_row(a, s, bc, z, i0 + r, j0);
+            if (alpha != T(1)) {
+              T* o = acc.data() + r * Ev;
+              for (int64_t f = 0; f < Ev; ++f) o[f] *= alpha;
+            }
+          }
+          mm_packed<T>(br, Ev, bc, st.data(), BC, 1, vpack.data() + jb * vblk, acc.data(), Ev, true);
+        }
+        for (int64_t r = 0; r < br; ++r) {
+          T* o = out + (z * L + i0 + r) * Ev;
+          if (l[r] == T(0)) {  // every key masked
+            std::fill(o, o + Ev, T(0));
+            lse[z * L + i0 + r] = std::numeric_limits<T>::infinity();
+            continue;
+          }
+          const T inv = T(1) / l[r];
+          for (int64_t f = 0; f < Ev; ++f) o[f] = acc[r * Ev + f] * inv;
+          lse[z * L + i0 + r] = m[r] + std::log(l[r]);
+        }
+      }
+    }
+  }
+}
+
+// ---- forward, one row at a time (decoding) -------------------------------------------------
+template <typename T>
+inline T dot(const T* x, const T* y, int64_t n) {
+  constexpr int W = simd<T>::width;
+  vec<T> acc = vec<T>{};
+  int64_t e = 0;
+  for (; e + W <= n; e += W) acc += vload(x + e) * vload(y + e);
+  T s = 0;
+  for (int t = 0; t < W; ++t) s += acc[t];
+  for (; e < n; ++e) s += x[e] * y[e];
+  return s;
+}
+
+template <typename T>
+void forward_rows(const Ctx<T>& c, const T* q, const T* k, const T* v, const int64_t* kv_index,
+                  T* out, T* lse) {
+  const AttnShape& a = c.a;
+  constexpr int64_t BC = 256;
+  const int64_t L = a.L, S = a.S, E = a.E, Ev = a.Ev;
+  const T ninf = -std::numeric_limits<T>::infinity();
+#pragma omp parallel
+  {
+    std::vector<T> st((size_t)BC), acc((size_t)Ev);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t zi = 0; zi < a.Z * L; ++zi) {
+      const int64_t z = zi / L, i = zi % L, zk = kv_index[z];
+      const T* qr = q + zi * E;
+      const T* kz = k + zk * S * E;
+      const T* vz = v + zk * S * Ev;
+      T m = ninf, l = 0;
+      std::fill(acc.begin(), acc.end(), T(0));
+      const int64_t send = a.causal ? std::min(S, i + 1) : S;
+      for (int64_t j0 = 0; j0 < send; j0 += BC) {
+        const int64_t bc = std::min(BC, send - j0);
+        for (int64_t j = 0; j < bc; ++j) st[j] = dot(qr, kz + (j0 + j) * E, E);
+        const T mt = prep_row(c, st.data(), bc, z, i, j0);
+        const T mnew = std::max(m, mt);
+        const T alpha = mnew == ninf ? T(1) : sexp(m - mnew);
+        const T sum = exp_row(st.data(), bc, mnew);
+        l = l * alpha + sum;
+        m = mnew;
+        if (a.dropout) drop_row(a, st.data(), bc, z, i, j0);
+        constexpr int W = simd<T>::width;
+        int64_t f = 0;
+        for (; f + W <= Ev; f += W) {
+          vec<T> o = vload(acc.data() + f) * alpha;
+          for (int64_t j = 0; j < bc; ++j) o += st[j] * vload(vz + (j0 + j) * Ev + f);
+          vstore(acc.data() + f, o);
+        }
+        for (; f < Ev; ++f) {
+          T o = acc[f] * alpha;
+          for (int64_t j = 0; j < bc; ++j) o += st[j] * vz[(j0 + j) * Ev + f];
+          acc[f] = o;
+        }
+      }
+      T* o = out + zi * Ev;
+      if (l == T(0)) {
+        std::fill(o, o + Ev, T(0));
+        lse[zi] = std::numeric_limits<T>::infinity();
+      } else {
+        for (int64_t f = 0; f < Ev; ++f) o[f] = acc[f] / l;
+        lse[zi] = m + std::log(l);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void attention_forward(const AttnShape& a, const T* q, const T* k, const T* v,
+                       const int64_t* kv_index, const T* mask, const int64_t* mask_off,
+                       int64_t mrs, int64_t mcs, T* out, T* lse) {
+  Ctx<T> c{a, mask, mask_off, mrs, mcs};
+  if (a.L <= ROWS_MAX_L) forward_rows(c, q, k, v, kv_index, out, lse);
+  else forward_flash(c, q, k, v, kv_index, out, lse);
+}
+
+// ---- backward ------------------------------------------------------------------------------
+template <typename T>
+void attention_backward(const AttnShape& a, const T* dout, const T* q, const T* k, const T* v,
+                        const T* out, const T* lse, const int64_t* kv_index, const T* mask,
+                        const int64_t* mask_off, int64_t mrs, int64_t mcs, T* dq, T* dk, T* dv,
+                        T* dmask) {
+  Ctx<T> c{a, mask, mask_off, mrs, mcs};
+  constexpr int64_t BR = Blocks<T>::BR, BC = Blocks<T>::BC;
+  const int64_t L = a.L, S = a.S, E = a.E, Ev = a.Ev;
+  const int64_t nkb = (S + BC - 1) / BC, nqb = (L + BR - 1) / BR;
+  const T scale = (T)a.scale;
+#pragma omp parallel
+  {
+    std::vector<T> st((size_t)(BR * BC)), dp((size_t)(BR * BC)), D((size_t)L);
+    std::vector<T> kpack((size_t)gemm_packed_b_size<T>(E, BC));
+    std::vector<T> vpack((size_t)gemm_packed_b_size<T>(Ev, BC));
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t zk = 0; zk < a.Zk; ++zk) {
+      std::fill(dk + zk * S * E, dk + (zk + 1) * S * E, T(0));
+      std::fill(dv + zk * S * Ev, dv + (zk + 1) * S * Ev, T(0));
+      for (int64_t z = 0; z < a.Z; ++z) {
+        if (kv_index[z] != zk) continue;
+        std::fill(dq + z * L * E, dq + (z + 1) * L * E, T(0));
+      }
+      for (int64_t jb = 0; jb < nkb; ++jb) {
+        const int64_t j0 = jb * BC, bc = std::min(BC, S - j0);
+        const T* kj = k + (zk * S + j0) * E;
+        const T* vj = v + (zk * S + j0) * Ev;
+        gemm_pack_b<T>(E, bc, kj, 1, E, kpack.data());   // Kᵀ_j
+        gemm_pack_b<T>(Ev, bc, vj, 1, Ev, vpack.data());  // Vᵀ_j
+        for (int64_t z = 0; z < a.Z; ++z) {
+          if (kv_index[z] != zk) continue;
+          for (int64_t i = 0; i < L; ++i)  // D = rowsum(dO * O), L * Ev work per key block
+            D[i] = dot(dout + (z * L + i) * Ev, out + (z * L + i) * Ev, Ev);
+          for (int64_t qb = 0; qb < nqb; ++qb) {
+            const int64_t i0 = qb * BR, br = std::min(BR, L - i0);
+            if (a.causal && j0 > i0 + br - 1) continue;  // tile entirely above the diagonal
+            const T* qi = q + (z * L + i0) * E;
+            const T* doi = dout + (z * L + i0) * Ev;
+            mm_packed<T>(br, bc, E, qi, E, 1, kpack.data(), st.data(), BC, false);
+            mm_packed<T>(br, bc, Ev, doi, Ev, 1, vpack.data(), dp.data(), BC, false);
+            for (int64_t r = 0; r < br; ++r) {
+              const int64_t i = i0 + r;
+              T* s = st.data() + r * BC;
+              T* g = dp.data() + r * BC;
+              prep_row(c, s, bc, z, i, j0);
+              const T lr = lse[z * L + i];
+              if (lr == std::numeric_limits<T>::infinity()) {
+                std::fill(s, s + bc, T(0));
+                std::fill(g, g + bc, T(0));
+              } else {
+                exp_row(s, bc, lr);  // P = exp(s - lse)
+                const T Di = D[i];
+                if (a.dropout) {
+                  const uint64_t base = ((uint64_t)z * (uint64_t)L + (uint64_t)i) * (uint64_t)S + (uint64_t)j0;
+                  const T dsc = (T)a.dscale;
+                  for (int64_t j = 0; j < bc; ++j) {
+                    const T kf = keep(a.seed, a.threshold, base + (uint64_t)j) ? dsc : T(0);
+                    const T p = s[j];
+                    g[j] = p * (g[j] * kf - Di);  // dS
+                    s[j] = p * kf;                // P~
+                  }
+                } else {
+                  for (int64_t j = 0; j < bc; ++j) g[j] = s[j] * (g[j] - Di);
+                }
+              }
+              if (dmask) std::copy(g, g + bc, dmask + (z * L + i) * S + j0);
+              for (int64_t j = 0; j < bc; ++j) g[j] *= scale;
+            }
+            // dV_j += P~ᵀ dO_i ; dK_j += dSᵀ Q_i ; dQ_i += dS K_j
+            mm<T>(bc, Ev, br, st.data(), 1, BC, doi, Ev, 1, dv + (zk * S + j0) * Ev, Ev, true);
+            mm<T>(bc, E, br, dp.data(), 1, BC, qi, E, 1, dk + (zk * S + j0) * E, E, true);
+            mm<T>(br, E, bc, dp.data(), BC, 1, kj, E, 1, dq + (z * L + i0) * E, E, true);
+          }
+        }
+      }
+    }
+  }
+}
+
+#define DLK_ATTN_INSTANTIATE(T)                                                                \
+  template void attention_forward<T>(const AttnShape&, const T*, const T*, const T*,           \
+                                     const int64_t*, const T*, const int64_t*, int64_t, int64_t, \
+                                     T*, T*);                                                  \
+  template void attention_backward<T>(const AttnShape&, const T*, const T*, const T*, const T*, \
+                                      const T*, const T*, const int64_t*, const T*,            \
+                                      const int64_t*, int64_t, int64_t, T*, T*, T*, T*);
+DLK_ATTN_INSTANTIATE(float)
+DLK_ATTN_INSTANTIATE(double)
+
+}  // namespace DLK_ISA
+}  // namespace dlk
