@@ -3,10 +3,13 @@
     direct   the seven loops of the definition, compiled. The loops run in the order
              (n, k) | c, r, s | p, q: one thread owns one output plane, and for each kernel
              tap the innermost loop walks an output row against an input row.
-    im2col   unfold the input into a column matrix col (Cg*R*S, P*Q), then one matrix product
-             per sample and group, y_g = W_g @ col, written as numba loops (i-k-j order,
-             blocked over columns, several rows at a time). The backward is the same product
-             turned around: dcol = W_gᵀ @ dy_g folded back into dx (col2im), dW_g = dy_g @ colᵀ.
+    im2col   unfold the input into a column matrix, then one matrix product per sample and
+             group, written as numba loops: y_g = W_g @ col. The product runs as C += A Bᵀ
+             with both operands read along contiguous rows (the forward unfolds into patch
+             rows, colᵀ, for that), 4x4 outputs at a time with the 16 sums in registers;
+             measured about 3x faster here than the i-k-j loop with a contiguous inner loop
+             over columns, which has to load and store C once per multiply-add. Backward:
+             dcol = W_gᵀ @ dy_g folded back into dx (col2im), and dW_g = dy_g @ colᵀ.
 
 Shapes (see __init__.py): x (N, C, H, W), w (K, Cg, R, S) with Cg = C/groups, b (K,) or None,
 y and dy (N, K, P, Q); Kg = K/groups output channels per group. One dtype throughout
@@ -24,7 +27,6 @@ from numba import prange
 
 from .common import ConvParams
 
-_JB = 256  # im2col GEMM: columns per block (a Kd x _JB panel of col stays in L2)
 _COL_ELEMS = 1 << 22  # im2col dW: unfold at most this many elements of col at a time
 
 
@@ -175,27 +177,34 @@ def conv2d_backward_numba_direct(dy: np.ndarray, x: np.ndarray, w: np.ndarray, p
 
 
 @numba.njit(cache=True)
-def _unfold_rows(xn, ci0, R, S, P, Q, rows, sh, sw, pt, pl, dh, dw):  # pragma: no cover - compiled
-    """rows[p*Q + q, (c*R + r)*S + s] = xn[ci0 + c, p*sh - pt + r*dh, q*sw - pl + s*dw], 0 outside.
+def _pad(xn, ci0, xp, pt, pl):  # pragma: no cover - compiled
+    """xp[c, pt + h, pl + w] = xn[ci0 + c, h, w]; the border of xp stays as it is (zero)."""
+    Cg = xp.shape[0]
+    H, W = xn.shape[1], xn.shape[2]
+    for c in range(Cg):
+        for h in range(H):
+            src = xn[ci0 + c, h]
+            dst = xp[c, pt + h]
+            for w in range(W):
+                dst[pl + w] = src[w]
+
+
+@numba.njit(cache=True)
+def _unfold_rows(xp, R, S, P, Q, rows, sh, sw, dh, dw):  # pragma: no cover - compiled
+    """rows[p*Q + q, (c*R + r)*S + s] = xp[c, p*sh + r*dh, q*sw + s*dw], xp the padded input.
 
     The transposed column matrix: one row per output pixel, holding the patch it reads.
     """
-    H, W = xn.shape[1], xn.shape[2]
-    Cg = rows.shape[1] // (R * S)
+    Cg = xp.shape[0]
     for p in range(P):
-        for q in range(Q):
-            row = rows[p * Q + q]
-            for c in range(Cg):
-                xc = xn[ci0 + c]
-                for r in range(R):
-                    ih = p * sh - pt + r * dh
-                    l0 = (c * R + r) * S
-                    for s in range(S):
-                        iw = q * sw - pl + s * dw
-                        if 0 <= ih < H and 0 <= iw < W:
-                            row[l0 + s] = xc[ih, iw]
-                        else:
-                            row[l0 + s] = 0
+        block = rows[p * Q:(p + 1) * Q]  # the patches of output row p
+        for c in range(Cg):
+            for r in range(R):
+                xrow = xp[c, p * sh + r * dh]
+                for s in range(S):
+                    m = (c * R + r) * S + s
+                    for q in range(Q):
+                        block[q, m] = xrow[q * sw + s * dw]
 
 
 @numba.njit(cache=True)
@@ -323,20 +332,24 @@ def _add4(crow, j, s0, s1, s2, s3):  # pragma: no cover - compiled
 
 
 # Threads: one contiguous chunk of samples per thread (prange over the threads), each with its
-# own patch-row matrix; per sample and group, unfold then y_g += W_g @ rowsᵀ.
+# own padded input and patch-row matrix; per sample and group, pad, unfold, y_g += W_g @ rowsᵀ.
 @numba.njit(cache=True, parallel=True)
 def _im2col_forward(x, w3, b, y3, T, R, S, P, Q, sh, sw, pt, pl, dh, dw):  # pragma: no cover - compiled
     N, C = x.shape[0], x.shape[1]
     G, Kg, L = w3.shape
     Cg = C // G
+    Hp = max(pt + x.shape[2], (P - 1) * sh + (R - 1) * dh + 1)  # the rows and columns read
+    Wp = max(pl + x.shape[3], (Q - 1) * sw + (S - 1) * dw + 1)
     for t in prange(T):
+        xp = np.zeros((Cg, Hp, Wp), x.dtype)
         rows = np.empty((P * Q, L), x.dtype)
         for n in range(t * N // T, (t + 1) * N // T):
             yn = y3[n]
             for k in range(G * Kg):
                 yn[k, :] = b[k]
             for g in range(G):
-                _unfold_rows(x[n], g * Cg, R, S, P, Q, rows, sh, sw, pt, pl, dh, dw)
+                _pad(x[n], g * Cg, xp, pt, pl)
+                _unfold_rows(xp, R, S, P, Q, rows, sh, sw, dh, dw)
                 _gemm_nt(w3[g], 0, Kg, rows, yn, g * Kg)
 
 
