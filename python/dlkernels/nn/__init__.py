@@ -6,8 +6,9 @@
 """
 
 from .layers import Conv1d, Conv2d, Flatten, Linear, MaxPool2d, ReLU
+from .lstm import LSTM, LSTMCell
 from .loss import CrossEntropyLoss, MSELoss
 from .module import Module, Parameter, Sequential, manual_seed
 
 __all__ = ["Module", "Parameter", "Sequential", "manual_seed", "Linear", "Conv1d", "Conv2d", "MaxPool2d",
-           "ReLU", "Flatten", "MSELoss", "CrossEntropyLoss"]
+           "ReLU", "Flatten", "LSTMCell", "LSTM", "MSELoss", "CrossEntropyLoss"]

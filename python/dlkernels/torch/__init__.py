@@ -9,5 +9,6 @@ hand-written backward. CPU tensors cross as NumPy views, CUDA tensors by DLPack:
 """
 
 from .conv import Conv1d, Conv2d, conv1d, conv2d
+from .lstm import LSTM, LSTMCell, lstm_cell, lstm_layer
 
-__all__ = ["conv1d", "conv2d", "Conv1d", "Conv2d"]
+__all__ = ["lstm_cell", "lstm_layer", "LSTMCell", "LSTM", "conv1d", "conv2d", "Conv1d", "Conv2d"]
