@@ -1,0 +1,370 @@
+// graph.cpp: sparse aggregation over a CSR graph (rows = targets), forward and backward.
+//
+// Primitives (python/dlkernels/ops/graph/common.py says what each computes):
+//   graph_segment_sum      out[r] = scale[r] * sum_{k in row r} w[perm[k]] * x[col[k]]   (per head)
+//   graph_segment_maxmin   out[r] = max/min_{k in row r} w[perm[k]] * x[col[k]]; empty row -> 0
+//   graph_edge_dot         out[perm[k]] = scale[r] * <a[col[k]], b[r]>                   (per head)
+//   graph_maxmin_backward  ties counted over the CSR, then dx and dw over the transpose
+//   graph_softmax_forward / graph_softmax_backward   per row over its edges
+//   graph_group_by         the counting sort that builds a CSR (stable, O(V + E))
+//
+// Threads: rows are split into one contiguous range per thread with about equal
+// (edges + rows) each: a prefix-sum partition by binary search on indptr, so a few hub rows
+// on a power-law graph do not stall one thread. Each output element is computed by one
+// thread, its edges taken in CSR order: no atomics, bitwise repeatable at any thread count.
+// Vectorization: along the features, vec<T> in blocks of 8/4/2/1 registers held across the
+// row's edges, then a scalar tail for F % width. All offsets are int64.
+#include <cmath>
+#include <vector>
+
+#include "dlk.h"
+#include "kernels.h"
+
+namespace dlk {
+namespace DLK_ISA {
+namespace {
+
+inline int num_threads_here() {
+#ifdef _OPENMP
+  return omp_get_num_threads();
+#else
+  return 1;
+#endif
+}
+
+// First row r in [0, n] with indptr[r] - indptr[0] + r >= target (the cost is monotone in r).
+inline int64_t first_row_at(int64_t n, const int64_t* indptr, int64_t target) {
+  int64_t lo = 0, hi = n;
+  while (lo < hi) {
+    int64_t mid = lo + (hi - lo) / 2;
+    if (indptr[mid] - indptr[0] + mid < target) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+// Runs body(r0, r1) on each thread's range of rows, balanced by edges + rows; `cost` is the
+// work per edge-or-row (in elements), to keep small problems on one thread.
+template <typename Body>
+void for_rows(int64_t n, const int64_t* indptr, int64_t cost, Body&& body) {
+  const int64_t total = indptr[n] - indptr[0] + n;
+  const bool par = total * cost > (1 << 15) && !in_parallel() && max_threads() > 1;
+#pragma omp parallel if (par)
+  {
+    const int64_t nt = num_threads_here(), t = thread_id();
+    const int64_t r0 = first_row_at(n, indptr, (int64_t)((double)total * t / nt));
+    const int64_t r1 = t + 1 == nt ? n : first_row_at(n, indptr, (int64_t)((double)total * (t + 1) / nt));
+    if (r0 < r1) body(r0, r1);
+  }
+}
+
+inline int64_t edge_id(const int64_t* perm, int64_t k) { return perm ? perm[k] : k; }
+
+// ---- segment sum ------------------------------------------------------------------------
+
+// o[0 : NV*W] = scale * sum_{k0 <= k < k1} w_k * x[col[k]*ldx + 0 : NV*W]; x, o and w are already
+// offset to this head and feature block (w: stride H per edge).
+template <typename T, typename I, bool WEIGHTED, int NV>
+inline void sum_block(int64_t k0, int64_t k1, const I* col, const int64_t* perm, const T* w, int64_t H,
+                      const T* x, int64_t ldx, T scale, T* o) {
+  constexpr int W = simd<T>::width;
+  vec<T> acc[NV];
+  for (int j = 0; j < NV; ++j) acc[j] = vec<T>{};
+  for (int64_t k = k0; k < k1; ++k) {
+    if (k + 6 < k1) {  // the rows are scattered: fetch a few edges ahead
+      const char* p = reinterpret_cast<const char*>(x + (int64_t)col[k + 6] * ldx);
+      for (int b = 0; b < NV * W * (int)sizeof(T); b += 64) __builtin_prefetch(p + b);
+    }
+    const T* xr = x + (int64_t)col[k] * ldx;
+    if constexpr (WEIGHTED) {
+      const vec<T> wk = vbroadcast<T>(w[edge_id(perm, k) * H]);
+      for (int j = 0; j < NV; ++j) acc[j] += vload<T>(xr + j * W) * wk;
+    } else {
+      for (int j = 0; j < NV; ++j) acc[j] += vload<T>(xr + j * W);
+    }
+  }
+  for (int j = 0; j < NV; ++j) vstore<T>(o + j * W, acc[j] * scale);
+}
+
+// The last n < W features: scalar accumulators, same order of edges.
+template <typename T, typename I, bool WEIGHTED>
+inline void sum_tail(int64_t k0, int64_t k1, const I* col, const int64_t* perm, const T* w, int64_t H,
+                     const T* x, int64_t ldx, T scale, T* o, int64_t n) {
+  constexpr int W = simd<T>::width;
+  T acc[W] = {};
+  for (int64_t k = k0; k < k1; ++k) {
+    const T* xr = x + (int64_t)col[k] * ldx;
+    const T wk = WEIGHTED ? w[edge_id(perm, k) * H] : T(1);
+    for (int64_t i = 0; i < n; ++i) acc[i] += WEIGHTED ? xr[i] * wk : xr[i];
+  }
+  for (int64_t i = 0; i < n; ++i) o[i] = acc[i] * scale;
+}
+
+template <typename T, typename I, bool WEIGHTED>
+void segment_sum_rows(int64_t r0, int64_t r1, const int64_t* indptr, const I* col, const int64_t* perm,
+                      const T* w, int64_t H, int64_t F, const T* x, const T* scale, T* out) {
+  constexpr int W = simd<T>::width;
+  const int64_t ldx = H * F;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t k0 = indptr[r], k1 = indptr[r + 1];
+    const T s = scale ? scale[r] : T(1);
+    for (int64_t h = 0; h < H; ++h) {
+      const T* xh = x + h * F;
+      const T* wh = WEIGHTED ? w + h : nullptr;
+      T* o = out + r * ldx + h * F;
+      int64_t f = 0;
+      for (; f + 8 * W <= F; f += 8 * W) sum_block<T, I, WEIGHTED, 8>(k0, k1, col, perm, wh, H, xh + f, ldx, s, o + f);
+      if (f + 4 * W <= F) { sum_block<T, I, WEIGHTED, 4>(k0, k1, col, perm, wh, H, xh + f, ldx, s, o + f); f += 4 * W; }
+      if (f + 2 * W <= F) { sum_block<T, I, WEIGHTED, 2>(k0, k1, col, perm, wh, H, xh + f, ldx, s, o + f); f += 2 * W; }
+      if (f + W <= F) { sum_block<T, I, WEIGHTED, 1>(k0, k1, col, perm, wh, H, xh + f, ldx, s, o + f); f += W; }
+      if (f < F) sum_tail<T, I, WEIGHTED>(k0, k1, col, perm, wh, H, xh + f, ldx, s, o + f, F - f);
+    }
+  }
+}
+
+// ---- segment max / min ------------------------------------------------------------------
+
+// NaN propagates (as torch's amax/amin): a NaN message replaces the accumulator and stays.
+template <typename V>
+inline V pick(V acc, V v, bool is_max) {
+  return is_max ? ((v > acc) | (v != v) ? v : acc) : ((v < acc) | (v != v) ? v : acc);
+}
+template <typename T>
+inline T pick1(T acc, T v, bool is_max) {
+  return (is_max ? v > acc : v < acc) || v != v ? v : acc;
+}
+
+template <typename T, typename I, bool WEIGHTED, int NV>
+inline void maxmin_block(int64_t k0, int64_t k1, const I* col, const int64_t* perm, const T* w, const T* x,
+                         int64_t ldx, bool is_max, T* o) {
+  constexpr int W = simd<T>::width;
+  vec<T> acc[NV];
+  {
+    const T* xr = x + (int64_t)col[k0] * ldx;
+    const T wk = WEIGHTED ? w[edge_id(perm, k0)] : T(1);
+    for (int j = 0; j < NV; ++j) acc[j] = WEIGHTED ? vload<T>(xr + j * W) * wk : vload<T>(xr + j * W);
+  }
+  for (int64_t k = k0 + 1; k < k1; ++k) {
+    if (k + 6 < k1) {
+      const char* p = reinterpret_cast<const char*>(x + (int64_t)col[k + 6] * ldx);
+      for (int b = 0; b < NV * W * (int)sizeof(T); b += 64) __builtin_prefetch(p + b);
+    }
+    const T* xr = x + (int64_t)col[k] * ldx;
+    if constexpr (WEIGHTED) {
+      const vec<T> wk = vbroadcast<T>(w[edge_id(perm, k)]);
+      for (int j = 0; j < NV; ++j) acc[j] = pick(acc[j], vload<T>(xr + j * W) * wk, is_max);
+    } else {
+      for (int j = 0; j < NV; ++j) acc[j] = pick(acc[j], vload<T>(xr + j * W), is_max);
+    }
+  }
+  for (int j = 0; j < NV; ++j) vstore<T>(o + j * W, acc[j]);
+}
+
+template <typename T, typename I, bool WEIGHTED>
+void segment_maxmin_rows(int64_t r0, int64_t r1, const int64_t* indptr, const I* col, const int64_t* perm,
+                         const T* w, int64_t F, const T* x, bool is_max, T* out) {
+  constexpr int W = simd<T>::width;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t k0 = indptr[r], k1 = indptr[r + 1];
+    T* o = out + r * F;
+    if (k0 == k1) {
+      for (int64_t f = 0; f < F; ++f) o[f] = T(0);
+      continue;
+    }
+    int64_t f = 0;
+    for (; f + 8 * W <= F; f += 8 * W) maxmin_block<T, I, WEIGHTED, 8>(k0, k1, col, perm, w, x + f, F, is_max, o + f);
+    if (f + 4 * W <= F) { maxmin_block<T, I, WEIGHTED, 4>(k0, k1, col, perm, w, x + f, F, is_max, o + f); f += 4 * W; }
+    if (f + 2 * W <= F) { maxmin_block<T, I, WEIGHTED, 2>(k0, k1, col, perm, w, x + f, F, is_max, o + f); f += 2 * W; }
+    if (f + W <= F) { maxmin_block<T, I, WEIGHTED, 1>(k0, k1, col, perm, w, x + f, F, is_max, o + f); f += W; }
+    for (; f < F; ++f) {
+      T acc = T(0);
+      for (int64_t k = k0; k < k1; ++k) {
+        const T wk = WEIGHTED ? w[edge_id(perm, k)] : T(1);
+        const T v = WEIGHTED ? x[(int64_t)col[k] * F + f] * wk : x[(int64_t)col[k] * F + f];
+        acc = k == k0 ? v : pick1(acc, v, is_max);
+      }
+      o[f] = acc;
+    }
+  }
+}
+
+// <a[0:F], b[0:F]>: two vector accumulators, then the lanes and the tail in a fixed order.
+template <typename T>
+inline T dot(const T* a, const T* b, int64_t F) {
+  constexpr int W = simd<T>::width;
+  vec<T> s0 = vec<T>{}, s1 = vec<T>{};
+  int64_t f = 0;
+  for (; f + 2 * W <= F; f += 2 * W) {
+    s0 += vload<T>(a + f) * vload<T>(b + f);
+    s1 += vload<T>(a + f + W) * vload<T>(b + f + W);
+  }
+  if (f + W <= F) { s0 += vload<T>(a + f) * vload<T>(b + f); f += W; }
+  s0 += s1;
+  T s = T(0);
+  for (int i = 0; i < W; ++i) s += s0[i];
+  for (; f < F; ++f) s += a[f] * b[f];
+  return s;
+}
+
+}  // namespace
+
+template <typename T, typename I>
+void graph_segment_sum(int64_t R, const int64_t* indptr, const I* col, const int64_t* perm, const T* w,
+                       int64_t H, int64_t F, const T* x, const T* scale, T* out) {
+  for_rows(R, indptr, H * F + 1, [&](int64_t r0, int64_t r1) {
+    if (w) segment_sum_rows<T, I, true>(r0, r1, indptr, col, perm, w, H, F, x, scale, out);
+    else segment_sum_rows<T, I, false>(r0, r1, indptr, col, perm, w, H, F, x, scale, out);
+  });
+}
+
+template <typename T, typename I>
+void graph_segment_maxmin(int64_t R, const int64_t* indptr, const I* col, const int64_t* perm, const T* w,
+                          int64_t F, const T* x, bool is_max, T* out) {
+  for_rows(R, indptr, F + 1, [&](int64_t r0, int64_t r1) {
+    if (w) segment_maxmin_rows<T, I, true>(r0, r1, indptr, col, perm, w, F, x, is_max, out);
+    else segment_maxmin_rows<T, I, false>(r0, r1, indptr, col, perm, w, F, x, is_max, out);
+  });
+}
+
+template <typename T, typename I>
+void graph_edge_dot(int64_t R, const int64_t* indptr, const I* col, const int64_t* perm, int64_t H, int64_t F,
+                    const T* a, const T* b, const T* scale, T* out) {
+  for_rows(R, indptr, H * F + 1, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const T s = scale ? scale[r] : T(1);
+      for (int64_t k = indptr[r]; k < indptr[r + 1]; ++k) {
+        const int64_t e = edge_id(perm, k);
+        const T* ar = a + (int64_t)col[k] * H * F;
+        for (int64_t h = 0; h < H; ++h) out[e * H + h] = dot<T>(ar + h * F, b + (r * H + h) * F, F) * s;
+      }
+    }
+  });
+}
+
+// Max/min backward. Pass 1 (CSR by target, per target v): share[v, f] = g[v, f] / #ties, where
+// the ties are the messages w[e] * x[u, f] equal to out[v, f] (0 where there are none). Pass 2
+// (transpose, per source u): dx[u, f] = sum_{e: u -> v} [tie] * share[v, f] * w[e], and
+// dw[e] = sum_f [tie] * share[v, f] * x[u, f]. The message is recomputed exactly as the forward
+// computed it (one product), so the comparison finds the same ties.
+template <typename T, typename I>
+void graph_maxmin_backward(int64_t R, const int64_t* indptr, const I* col, const int64_t* perm, int64_t N,
+                           const int64_t* t_indptr, const I* t_col, const int64_t* t_perm, const T* w, int64_t F,
+                           const T* x, const T* out, const T* g, T* dx, T* dw) {
+  std::vector<T> share((size_t)(R * F));
+  T* sh = share.data();
+  for_rows(R, indptr, F + 1, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      T* c = sh + r * F;
+      const T* o = out + r * F;
+      for (int64_t f = 0; f < F; ++f) c[f] = T(0);
+      for (int64_t k = indptr[r]; k < indptr[r + 1]; ++k) {
+        const T* xr = x + (int64_t)col[k] * F;
+        const T wk = w ? w[edge_id(perm, k)] : T(1);
+        if (w) for (int64_t f = 0; f < F; ++f) c[f] += xr[f] * wk == o[f] ? T(1) : T(0);
+        else for (int64_t f = 0; f < F; ++f) c[f] += xr[f] == o[f] ? T(1) : T(0);
+      }
+      const T* gr = g + r * F;
+      for (int64_t f = 0; f < F; ++f) c[f] = c[f] > T(0) ? gr[f] / c[f] : T(0);
+    }
+  });
+  for_rows(N, t_indptr, F + 1, [&](int64_t u0, int64_t u1) {
+    for (int64_t u = u0; u < u1; ++u) {
+      T* d = dx + u * F;
+      const T* xr = x + u * F;
+      for (int64_t f = 0; f < F; ++f) d[f] = T(0);
+      for (int64_t k = t_indptr[u]; k < t_indptr[u + 1]; ++k) {
+        const int64_t v = t_col[k], e = edge_id(t_perm, k);
+        const T wk = w ? w[e] : T(1);
+        const T* o = out + v * F;
+        const T* c = sh + v * F;
+        T s = T(0);
+        for (int64_t f = 0; f < F; ++f) {
+          const T m = (w ? xr[f] * wk : xr[f]) == o[f] ? c[f] : T(0);
+          d[f] += m * wk;
+          s += m * xr[f];
+        }
+        if (dw) dw[e] = s;
+      }
+    }
+  });
+}
+
+template <typename T>
+void graph_softmax_forward(int64_t R, const int64_t* indptr, const int64_t* perm, int64_t H, const T* s, T* y) {
+  for_rows(R, indptr, 8 * H, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t k0 = indptr[r], k1 = indptr[r + 1];
+      for (int64_t h = 0; h < H; ++h) {
+        T m = -INFINITY;
+        for (int64_t k = k0; k < k1; ++k) m = std::fmax(m, s[edge_id(perm, k) * H + h]);
+        T den = T(0);
+        for (int64_t k = k0; k < k1; ++k) {
+          const int64_t i = edge_id(perm, k) * H + h;
+          y[i] = std::exp(s[i] - m);
+          den += y[i];
+        }
+        const T inv = T(1) / den;
+        for (int64_t k = k0; k < k1; ++k) y[edge_id(perm, k) * H + h] *= inv;
+      }
+    }
+  });
+}
+
+template <typename T>
+void graph_softmax_backward(int64_t R, const int64_t* indptr, const int64_t* perm, int64_t H, const T* y,
+                            const T* g, T* ds) {
+  for_rows(R, indptr, 4 * H, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t k0 = indptr[r], k1 = indptr[r + 1];
+      for (int64_t h = 0; h < H; ++h) {
+        T d = T(0);
+        for (int64_t k = k0; k < k1; ++k) {
+          const int64_t i = edge_id(perm, k) * H + h;
+          d += y[i] * g[i];
+        }
+        for (int64_t k = k0; k < k1; ++k) {
+          const int64_t i = edge_id(perm, k) * H + h;
+          ds[i] = y[i] * (g[i] - d);
+        }
+      }
+    }
+  });
+}
+
+// Stable counting sort of the edges by key (already validated to lie in [0, G)):
+// indptr (G+1) offsets, perm (E) the edge ids in grouped order.
+template <typename I>
+void graph_group_by(int64_t G, int64_t E, const I* key, int64_t* indptr, int64_t* perm) {
+  for (int64_t g = 0; g <= G; ++g) indptr[g] = 0;
+  for (int64_t e = 0; e < E; ++e) ++indptr[(int64_t)key[e] + 1];
+  for (int64_t g = 0; g < G; ++g) indptr[g + 1] += indptr[g];
+  std::vector<int64_t> next(indptr, indptr + G);
+  for (int64_t e = 0; e < E; ++e) perm[next[(size_t)key[e]]++] = e;
+}
+
+#define DLK_GRAPH_INSTANTIATE(T, I)                                                                            \
+  template void graph_segment_sum<T, I>(int64_t, const int64_t*, const I*, const int64_t*, const T*, int64_t,  \
+                                        int64_t, const T*, const T*, T*);                                      \
+  template void graph_segment_maxmin<T, I>(int64_t, const int64_t*, const I*, const int64_t*, const T*,        \
+                                           int64_t, const T*, bool, T*);                                       \
+  template void graph_edge_dot<T, I>(int64_t, const int64_t*, const I*, const int64_t*, int64_t, int64_t,      \
+                                     const T*, const T*, const T*, T*);                                        \
+  template void graph_maxmin_backward<T, I>(int64_t, const int64_t*, const I*, const int64_t*, int64_t,        \
+                                            const int64_t*, const I*, const int64_t*, const T*, int64_t,       \
+                                            const T*, const T*, const T*, T*, T*);
+DLK_GRAPH_INSTANTIATE(float, int32_t)
+DLK_GRAPH_INSTANTIATE(float, int64_t)
+DLK_GRAPH_INSTANTIATE(double, int32_t)
+DLK_GRAPH_INSTANTIATE(double, int64_t)
+#undef DLK_GRAPH_INSTANTIATE
+template void graph_softmax_forward<float>(int64_t, const int64_t*, const int64_t*, int64_t, const float*, float*);
+template void graph_softmax_forward<double>(int64_t, const int64_t*, const int64_t*, int64_t, const double*, double*);
+template void graph_softmax_backward<float>(int64_t, const int64_t*, const int64_t*, int64_t, const float*,
+                                            const float*, float*);
+template void graph_softmax_backward<double>(int64_t, const int64_t*, const int64_t*, int64_t, const double*,
+                                             const double*, double*);
+template void graph_group_by<int32_t>(int64_t, int64_t, const int32_t*, int64_t*, int64_t*);
+template void graph_group_by<int64_t>(int64_t, int64_t, const int64_t*, int64_t*, int64_t*);
+
+}  // namespace DLK_ISA
+}  // namespace dlk
