@@ -147,7 +147,8 @@ def _bias(b: np.ndarray | None, K: int, dtype: np.dtype) -> np.ndarray:
     return np.zeros(K, dtype) if b is None else b
 
 
-def conv2d_forward_numba_direct(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, p: ConvParams) -> np.ndarray:
+def conv2d_forward_numba_direct(x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
+                                p: ConvParams) -> np.ndarray:
     N, K = x.shape[0], w.shape[0]
     y = np.empty((N, K, *p.out_size), x.dtype)
     if y.size:
@@ -381,7 +382,7 @@ def _im2col_grad_input(dy3, wt, dx, T, R, S, P, Q, sh, sw, pt, pl, dh, dw):  # p
 # dy_g @ colᵀ for them, sample after sample: every dW element is summed by one thread in a
 # fixed order.
 @numba.njit(cache=True, parallel=True)
-def _im2col_grad_weight(dy3, x, dw2, nb, T, R, S, P, Q, sh, sw, pt, pl, dh, dw):  # pragma: no cover - compiled
+def _im2col_grad_weight(dy3, x, dw2, nb, T, R, S, P, Q, sh, sw, pt, pl, dh, dw):  # pragma: no cover
     N, C = x.shape[0], x.shape[1]
     K, L = dw2.shape
     G = C * R * S // L
@@ -407,7 +408,8 @@ def _geometry(w: np.ndarray, p: ConvParams) -> tuple[int, ...]:
     return (w.shape[2], w.shape[3], *p.out_size, sh, sw, pt, pl, dh, dw)
 
 
-def conv2d_forward_numba_im2col(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, p: ConvParams) -> np.ndarray:
+def conv2d_forward_numba_im2col(x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
+                                p: ConvParams) -> np.ndarray:
     N, K, G = x.shape[0], w.shape[0], p.groups
     P, Q = p.out_size
     y = np.empty((N, K, P, Q), x.dtype)
@@ -434,7 +436,8 @@ def conv2d_backward_numba_im2col(dy: np.ndarray, x: np.ndarray, w: np.ndarray, p
         dw = np.zeros_like(w)
         if N:
             nb = max(1, min(N, _COL_ELEMS // (G * L * P * Q)))
-            _im2col_grad_weight(dy3, x, dw.reshape(K, L), nb, min(K, numba.get_num_threads()), *_geometry(w, p))
+            T = min(K, numba.get_num_threads())
+            _im2col_grad_weight(dy3, x, dw.reshape(K, L), nb, T, *_geometry(w, p))
     if needs[2]:
         db = np.zeros(K, dy.dtype)
         if N:
