@@ -25,6 +25,7 @@
 #include <array>
 #include <cstdlib>
 #include <new>
+#include <type_traits>
 #include <utility>
 
 #if defined(__AVX512F__) || defined(__AVX2__) || defined(__FMA__)
@@ -56,12 +57,24 @@ struct Cfg {
   static constexpr int NV = GEMM_NV512;
 #elif defined(__AVX2__)
   // 16 ymm registers: 12 accumulators + 2 B vectors + 1 broadcast.
-  static constexpr int MR = 6;
-  static constexpr int NV = 2;
+#ifndef GEMM_MR256
+#define GEMM_MR256 6
+#endif
+#ifndef GEMM_NV256
+#define GEMM_NV256 2
+#endif
+  static constexpr int MR = GEMM_MR256;
+  static constexpr int NV = GEMM_NV256;
 #else
-  // 16 xmm registers, no FMA: 8 accumulators + 2 B + broadcast + product temporaries.
-  static constexpr int MR = 4;
-  static constexpr int NV = 2;
+  // 16 xmm registers, no FMA: 12 accumulators + 2 B + broadcast + a product temporary.
+#ifndef GEMM_MR128
+#define GEMM_MR128 6
+#endif
+#ifndef GEMM_NV128
+#define GEMM_NV128 2
+#endif
+  static constexpr int MR = GEMM_MR128;
+  static constexpr int NV = GEMM_NV128;
 #endif
   static constexpr int NR = NV * W;
 #ifndef GEMM_KC_BYTES
@@ -216,6 +229,42 @@ inline ukernel_fn<T> get_kernel(int mr, int nv) {
 }
 
 // ---- packing ------------------------------------------------------------------------------
+// In-register transpose of a W x W block (r[t][u] -> r[u][t]): log2(W) stages, stage d swaps
+// the off-diagonal d x d blocks of every 2d x 2d block with a two-source shuffle.
+template <typename I>
+struct ivec_of {
+  typedef I type __attribute__((vector_size(VBYTES)));
+};
+template <typename T>
+using ivec = typename ivec_of<typename std::conditional<sizeof(T) == 4, int32_t, int64_t>::type>::type;
+
+template <typename T, int D>
+inline void transpose_stage(vec<T>* r) {
+  constexpr int W = simd<T>::width;
+  if constexpr (D < W) {
+    ivec<T> mlo, mhi;
+#pragma GCC unroll 16
+    for (int t = 0; t < W; ++t) {
+      const bool first = (t / D) % 2 == 0;
+      mlo[t] = first ? t : W + t - D;   // lo[t] = r[i][t]   or r[i+D][t-D]
+      mhi[t] = first ? t + D : W + t;   // hi[t] = r[i][t+D] or r[i+D][t]
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < W; ++i) {
+      if (i & D) continue;
+      const vec<T> a = r[i], b = r[i + D];
+      r[i] = __builtin_shuffle(a, b, mlo);
+      r[i + D] = __builtin_shuffle(a, b, mhi);
+    }
+    transpose_stage<T, 2 * D>(r);
+  }
+}
+
+template <typename T>
+inline void transpose(vec<T>* r) {
+  transpose_stage<T, 1>(r);
+}
+
 // One B micro-panel: kc x nr (nr <= NR) from B(k, j) = B[k*rsb + j*csb] into dst[k*w + j],
 // w = nr rounded up to the vector width, the padding zeroed.
 template <typename T>
@@ -244,7 +293,26 @@ void pack_b_panel(int64_t kc, int nr, const T* B, int64_t rsb, int64_t csb, T* d
   if (w != nr)
     for (int64_t k = 0; k < kc; ++k)
       for (int j = nr; j < w; ++j) dst[k * w + j] = T(0);
-  // strided or transposed B: row by row, gathering (faster here than column by column)
+  if (rsb == 1) {  // transposed B: columns contiguous in k; W x W blocks transposed in registers
+    const int nfull = nr / W * W;
+    int64_t k0 = 0;
+    for (; k0 + W <= kc; k0 += W) {
+      for (int jg = 0; jg < nfull; jg += W) {
+        vec<T> r[W];
+#pragma GCC unroll 16
+        for (int t = 0; t < W; ++t) r[t] = vload(B + (jg + t) * csb + k0);
+        transpose<T>(r);
+#pragma GCC unroll 16
+        for (int u = 0; u < W; ++u) vstore(dst + (k0 + u) * w + jg, r[u]);
+      }
+      for (int j = nfull; j < nr; ++j)
+        for (int u = 0; u < W; ++u) dst[(k0 + u) * w + j] = B[j * csb + k0 + u];
+    }
+    for (; k0 < kc; ++k0)
+      for (int j = 0; j < nr; ++j) dst[k0 * w + j] = B[j * csb + k0];
+    return;
+  }
+  // strided B: row by row, gathering
   for (int64_t k = 0; k < kc; ++k)
     for (int j = 0; j < nr; ++j) dst[k * w + j] = B[k * rsb + j * csb];
 }
