@@ -5,8 +5,8 @@
 // is O((BR + S) * E) per thread (the S * E is the current head's packed keys and values).
 //
 // forward (flash): for each output head z (in order), the keys and values of its key head
-//   are packed once for the packed GEMM (shared by the threads), then the threads take query
-//   blocks: S = Q Kᵀ (gemm), online softmax on the tile rows (running max m, sum l, the
+//   are packed for the packed GEMM (per thread, once per key head it meets); tasks are query
+//   blocks of every head, no barriers: S = Q Kᵀ (gemm), online softmax on the tile rows (running max m, sum l, the
 //   accumulator rescaled by exp(m_old - m_new)), O += P V (gemm). Key blocks past the causal
 //   diagonal are never visited. The row log-sum-exp m + log l is saved (+inf: fully masked).
 // forward (rows): L <= ROWS_MAX_L (decoding): one task per query row streams over the keys,
@@ -209,23 +209,27 @@ void forward_flash(const Ctx<T>& c, const T* q, const T* k, const T* v, const in
   const int64_t L = a.L, S = a.S, E = a.E, Ev = a.Ev;
   const int64_t nkb = (S + BC - 1) / BC, nqb = (L + BR - 1) / BR;
   const int64_t kblk = gemm_packed_b_size<T>(E, BC), vblk = gemm_packed_b_size<T>(BC, Ev);
-  std::vector<T> kpack((size_t)(nkb * kblk)), vpack((size_t)(nkb * vblk));
   const T ninf = -std::numeric_limits<T>::infinity();
 #pragma omp parallel
   {
+    // per thread: the packed keys and values of the key head it works on (O(S * E)), repacked
+    // when its next task reads another head; no barriers between the tasks
+    std::vector<T> kpack((size_t)(nkb * kblk)), vpack((size_t)(nkb * vblk));
+    int64_t packed_zk = -1;
     std::vector<T> st((size_t)(BR * BC)), acc((size_t)(BR * Ev)), m((size_t)BR), l((size_t)BR);
-    for (int64_t z = 0; z < a.Z; ++z) {
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < a.Z * nqb; ++t) {
+      const int64_t z = t / nqb, qb = nqb - 1 - t % nqb;  // the longest causal rows first
       const int64_t zk = kv_index[z];
-      if (z == 0 || kv_index[z - 1] != zk) {  // a new key head: pack its keys and values
-#pragma omp for schedule(static)
+      if (zk != packed_zk) {
         for (int64_t jb = 0; jb < nkb; ++jb) {
           const int64_t j0 = jb * BC, bc = std::min(BC, S - j0);
           gemm_pack_b<T>(E, bc, k + (zk * S + j0) * E, 1, E, kpack.data() + jb * kblk);
           gemm_pack_b<T>(bc, Ev, v + (zk * S + j0) * Ev, Ev, 1, vpack.data() + jb * vblk);
         }
+        packed_zk = zk;
       }
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t qb = nqb - 1; qb >= 0; --qb) {  // the longest causal rows first
+      {
         const int64_t i0 = qb * BR, br = std::min(BR, L - i0);
         const T* qz = q + (z * L + i0) * E;
         std::fill(acc.begin(), acc.begin() + br * Ev, T(0));
