@@ -10,5 +10,7 @@ hand-written backward. CPU tensors cross as NumPy views, CUDA tensors by DLPack:
 
 from .conv import Conv1d, Conv2d, conv1d, conv2d
 from .lstm import LSTM, LSTMCell, lstm_cell, lstm_layer
+from .graph import scatter, spmm
+from .attention import scaled_dot_product_attention
 
-__all__ = ["lstm_cell", "lstm_layer", "LSTMCell", "LSTM", "conv1d", "conv2d", "Conv1d", "Conv2d"]
+__all__ = ["scaled_dot_product_attention", "lstm_cell", "lstm_layer", "LSTMCell", "LSTM", "conv1d", "conv2d", "Conv1d", "Conv2d", "scatter", "spmm"]

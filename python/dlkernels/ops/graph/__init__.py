@@ -88,10 +88,16 @@ def aggregate_forward(graph: Graph, x: Any, reduce: str = "sum", edge_weight: An
         if w.shape != (csr.num_edges,):
             raise ValueError(f"edge_weight: expected shape ({csr.num_edges},) (one weight per edge), got {tuple(w.shape)}")
         w = contiguous(w)
-    x2 = contiguous(xa.reshape(xa.shape[0], int(np.prod(xa.shape[1:]))))
-    out = dispatch("aggregate", "forward", "cpu", csr, x2, w, r)
-    saved = AggregateSaved(csr, x2, w, out if r in ("max", "min") else None, r, tuple(xa.shape))
-    return wrap(out.reshape((csr.n_dst,) + tuple(xa.shape[1:])), x), saved
+    out, saved = aggregate_csr(csr, xa, r, w)
+    return wrap(out, x), saved
+
+
+def aggregate_csr(csr: Csr, x: Array, reduce: str, w: Array | None) -> tuple[Array, AggregateSaved]:
+    """aggregate on a (possibly rectangular) Csr, inputs already checked: for the adapters (spmm)."""
+    x2 = contiguous(x.reshape(x.shape[0], int(np.prod(x.shape[1:]))))
+    out = dispatch("aggregate", "forward", "cpu", csr, x2, w, reduce)
+    saved = AggregateSaved(csr, x2, w, out if reduce in ("max", "min") else None, reduce, tuple(x.shape))
+    return out.reshape((csr.n_dst,) + tuple(x.shape[1:])), saved
 
 
 def aggregate_backward(grad_output: Any, saved: AggregateSaved) -> tuple[Any, Any]:
@@ -160,6 +166,18 @@ def scatter_forward(src: Any, index: Any, dim: int = 0, dim_size: int | None = N
     res = np.moveaxis(out.reshape((size,) + moved.shape[1:]), 0, d)
     saved = ScatterSaved(csr, s2, out if r in ("max", "min") else None, r, tuple(s.shape), d)
     return wrap(np.ascontiguousarray(res), src), saved
+
+
+def scatter_saved(src: Array, index: Array, dim: int, out: Array, reduce: str) -> ScatterSaved:
+    """The ScatterSaved of a scatter that returned `out` (checked inputs): for the adapters' backward."""
+    r = _reduce(reduce)
+    d = dim % src.ndim
+    n, size = src.shape[d], out.shape[d]
+    idx = np.ascontiguousarray(index)
+    moved = np.moveaxis(src, d, 0)
+    s2 = contiguous(moved.reshape(n, int(np.prod(moved.shape[1:]))))
+    out2 = contiguous(np.moveaxis(out, d, 0).reshape(size, s2.shape[1])) if r in ("max", "min") else None
+    return ScatterSaved(Csr(n, size, np.arange(n, dtype=idx.dtype), idx), s2, out2, r, tuple(src.shape), d)
 
 
 def scatter_backward(grad_output: Any, saved: ScatterSaved) -> tuple[Any]:
