@@ -167,6 +167,7 @@ void ukernel(int64_t kc, const T* __restrict a, const T* __restrict b, int64_t l
 #pragma GCC unroll 32
   for (int i = 0; i < MRt; ++i) __builtin_prefetch(c + i * ldc, 1);
 
+  // Not unrolled: GCC then hoists the broadcasts of later steps and spills accumulators.
 #pragma GCC unroll 1
   for (int64_t k = 0; k < kc; ++k) {
     vec<T> bv[NVt];
@@ -365,14 +366,6 @@ inline int64_t round_up(int64_t x, int64_t m) {
 }
 
 // Splits `panels` panels into `parts` contiguous ranges; range r is [first(r), first(r+1)).
-inline int team_size() {
-#ifdef _OPENMP
-  return omp_get_num_threads();
-#else
-  return 1;
-#endif
-}
-
 inline int64_t split_first(int64_t panels, int parts, int r) {
   int64_t q = panels / parts, rem = panels % parts;
   return r * q + std::min<int64_t>(r, rem);
@@ -382,7 +375,7 @@ struct Grid {
   int tm, tn;
 };
 
-// Thread grid tm x tn (tm * tn = nt): threads split M panels tm ways and N panels tn ways.
+// Block grid tm x tn (tm * tn = nt): M panels split tm ways and N panels tn ways.
 // Minimises the largest per-thread share of MACs plus the packing of its A rows and B columns.
 inline Grid choose_grid(int nt, int64_t mpan, int mr, int64_t npan, int nr) {
   Grid best{1, nt};
@@ -435,7 +428,7 @@ struct Operands {
 };
 
 // The serial algorithm on C rows [m0, m1) and columns [n0, n1), n0 a multiple of NR.
-// Each thread runs it on its own block with its own buffers: no barriers, no sharing.
+// Threads run it on disjoint blocks with their own buffers: no barriers, no sharing.
 template <typename T>
 void gemm_block(const Operands<T>& o, const KBlocking<T>& kb, int64_t m0, int64_t m1, int64_t n0,
                 int64_t n1) {
@@ -516,12 +509,16 @@ void gemm_driver(const Operands<T>& o, bool parallel) {
     gemm_block<T>(o, kb, 0, o.M, 0, o.N);
     return;
   }
+  // Independent C blocks handed out dynamically. Big problems get two blocks per thread, so a
+  // thread slowed by other load (other processes, concurrent calls) gets fewer of them; the
+  // price is packing more A / B copies. Which thread computes a block changes nothing in it.
   const int64_t mpan = (o.M + MR - 1) / MR, npan = (o.N + NR - 1) / NR;
-#pragma omp parallel num_threads(nt)
-  {
-    const int nth = team_size(), tid = thread_id();
-    const Grid g = choose_grid(nth, mpan, MR, npan, NR);
-    const int gm = tid / g.tn, gn = tid % g.tn;
+  const double work = (double)o.M * (double)o.N * (double)o.K;
+  const int nblk = work >= (double)(1 << 26) ? 2 * nt : nt;
+  const Grid g = choose_grid(nblk, mpan, MR, npan, NR);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+  for (int blk = 0; blk < nblk; ++blk) {
+    const int gm = blk / g.tn, gn = blk % g.tn;
     const int64_t m0 = std::min<int64_t>(o.M, split_first(mpan, g.tm, gm) * MR);
     const int64_t m1 = std::min<int64_t>(o.M, split_first(mpan, g.tm, gm + 1) * MR);
     const int64_t n0 = std::min<int64_t>(o.N, split_first(npan, g.tn, gn) * NR);
