@@ -1,0 +1,147 @@
+"""Graph construction and validation, cpp-specific properties, and the graph layers against PyG."""
+
+import numpy as np
+import pytest
+
+import dlkernels as dk
+from dlkernels import _cpp, nn
+
+
+# ---- Graph construction ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+def test_graph_csr_and_transpose(dtype, rng):
+    ei = rng.integers(0, 20, (2, 100)).astype(dtype)
+    g = dk.Graph(ei, num_nodes=25)
+    csr = g._csr
+    assert g.indptr.dtype == np.int64 and g.indptr[-1] == 100
+    np.testing.assert_array_equal(g.in_degree, np.bincount(ei[1], minlength=25))
+    np.testing.assert_array_equal(g.out_degree, np.bincount(ei[0], minlength=25))
+    for v in range(25):  # row v holds v's incoming edges, in edge order (stable)
+        ids = csr.perm[g.indptr[v]:g.indptr[v + 1]]
+        np.testing.assert_array_equal(ids, np.flatnonzero(ei[1] == v))
+        np.testing.assert_array_equal(csr.col[g.indptr[v]:g.indptr[v + 1]], ei[0, ids])
+    t = csr.transpose
+    for u in range(25):
+        ids = t.perm[t.indptr[u]:t.indptr[u + 1]]
+        np.testing.assert_array_equal(ids, np.flatnonzero(ei[0] == u))
+    assert csr.transpose is t  # cached
+
+
+def test_from_csr_matches_edge_index(rng):
+    indptr = np.array([0, 2, 2, 5], np.int64)
+    indices = np.array([1, 2, 0, 0, 2], np.int64)
+    g = dk.Graph.from_csr(indptr, indices, 3)
+    np.testing.assert_array_equal(g.edge_index, [[1, 2, 0, 0, 2], [0, 0, 2, 2, 2]])
+    x = rng.standard_normal((3, 4))
+    np.testing.assert_allclose(dk.aggregate(g, x), dk.aggregate(dk.Graph(g.edge_index, 3), x))
+
+
+@pytest.mark.parametrize("edge_index,num_nodes,exc,match", [
+    (np.array([[0, 1, 5], [1, 2, 0]]), 4, IndexError, r"edge_index: edge 2 \(5 -> 0\) is out of range for num_nodes=4"),
+    (np.array([[0, 1, 2], [1, -2, 0]]), 4, IndexError, r"edge_index: edge 1 \(1 -> -2\) has a negative node index"),
+    (np.array([[0, 1, 2], [1, -2, 0]]), None, IndexError, "edge 1 .* negative"),
+    (np.array([[0, 1, 2]]), 4, ValueError, r"edge_index: expected shape \(2, E\)"),
+    (np.zeros((3, 2), np.int64), 4, ValueError, r"edge_index: expected shape \(2, E\)"),
+    (np.array([[0.0, 1.0], [1.0, 0.0]]), 4, TypeError, "edge_index: expected an integer index array"),
+    (np.array([[0, 1], [1, 0]]), -1, ValueError, "num_nodes: expected an int >= 0"),
+    (np.array([[0, 1], [1, 0]]), 2.5, TypeError, "num_nodes: expected an int"),
+])
+def test_graph_errors(edge_index, num_nodes, exc, match):
+    with pytest.raises(exc, match=match):
+        dk.Graph(edge_index, num_nodes=num_nodes)
+
+
+def test_from_csr_errors():
+    with pytest.raises(ValueError, match=r"indptr: expected shape \(4,\)"):
+        dk.Graph.from_csr(np.array([0, 1]), np.array([0]), 3)
+    with pytest.raises(ValueError, match="indptr: expected non-decreasing"):
+        dk.Graph.from_csr(np.array([0, 2, 1, 2]), np.array([0, 1]), 3)
+    with pytest.raises(IndexError, match=r"indices: edge 1 \(7 -> 0\) is out of range"):
+        dk.Graph.from_csr(np.array([0, 2, 2, 2]), np.array([0, 7]), 3)
+
+
+def test_graph_built_once_reused(rng):
+    g = dk.Graph(rng.integers(0, 10, (2, 40)), num_nodes=10)
+    x = rng.standard_normal((10, 3))
+    _, saved = dk.aggregate_forward(g, x, "mean")
+    dk.aggregate_backward(x, saved)
+    t = g._csr._transpose
+    _, saved = dk.aggregate_forward(g, x, "sum")
+    dk.aggregate_backward(x, saved)
+    assert g._csr._transpose is t
+
+
+# ---- cpp: every ISA, threads, hub rows --------------------------------------------------------
+
+@pytest.mark.skipif(not _cpp.available(), reason="C++ backend not built")
+@pytest.mark.parametrize("reduce", ["sum", "mean", "max", "min"])
+def test_cpp_same_bits_at_any_thread_count(reduce, rng):
+    """Rows split by edge count: a hub with most edges; 1 or 2 threads give the same bits."""
+    V, E = 300, 5000
+    dst = np.where(rng.random(E) < 0.8, 7, rng.integers(0, V, E))
+    g = dk.Graph(np.stack([rng.integers(0, V, E), dst]), num_nodes=V)
+    x = rng.standard_normal((V, 37)).astype(np.float32)
+    w = rng.standard_normal(E).astype(np.float32)
+    runs = []
+    before = dk.get_num_threads()
+    try:
+        for n in (1, 2):
+            dk.set_num_threads(n)
+            with dk.backend("cpp"):
+                out, saved = dk.aggregate_forward(g, x, reduce, w)
+                runs.append([out, *dk.aggregate_backward(out, saved)])
+    finally:
+        dk.set_num_threads(before)
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_64bit_offsets_past_2_31(rng):
+    """V*F > 2^31: row offsets col[k] * F overflow 32 bits; the kernels use int64 (needs ~17 GB of memory)."""
+    V, F = 2**21 + 3, 1025  # V*F ~ 2.15e9 > 2^31
+    x = np.zeros((V, F), np.float32)
+    x[-1] = np.arange(F)
+    x[-2] = 1
+    g = dk.Graph(np.array([[V - 1, V - 2, V - 1], [0, 0, V - 1]], np.int32), num_nodes=V)
+    with dk.backend("cpp"):
+        out = dk.aggregate(g, x, "sum")
+        np.testing.assert_array_equal(out[0], np.arange(F) + 1)
+        np.testing.assert_array_equal(out[V - 1], np.arange(F))
+
+
+# ---- layers against PyG -----------------------------------------------------------------------
+
+torch = pytest.importorskip("torch")
+
+
+def _pyg_pair(name, rng, **kw):
+    import torch_geometric.nn as pyg_nn
+    torch.manual_seed(0)
+    ref = getattr(pyg_nn, {"GraphConv": "GCNConv"}.get(name, name))(5, 4, **kw).double()
+    ours = getattr(nn, name)(5, 4, dtype="float64", **kw)
+    ours.load_state_dict({k: v for k, v in ref.state_dict().items()})
+    return ref, ours
+
+
+@pytest.mark.parametrize("name,kw", [("GraphConv", {}), ("SAGEConv", {}), ("GATConv", {"heads": 3}),
+                                     ("GATConv", {"heads": 2, "concat": False})])
+def test_layers_match_pyg(name, kw, rng):
+    ref, ours = _pyg_pair(name, rng, **kw)
+    src = rng.integers(0, 11, 40)
+    dst = rng.integers(0, 11, 40)
+    keep = src != dst  # PyG's GCNConv and GATConv treat existing self-loops differently
+    ei = np.stack([src[keep], dst[keep]])
+    x = rng.standard_normal((11, 5))
+    xt = torch.tensor(x, requires_grad=True)
+    out_ref = ref(xt, torch.from_numpy(ei))
+    g_out = rng.standard_normal(tuple(out_ref.shape))
+    out_ref.backward(torch.tensor(g_out))
+    out = ours(x, dk.Graph(ei, num_nodes=11))
+    np.testing.assert_allclose(out, out_ref.detach().numpy(), atol=1e-10)
+    dx = ours.backward(g_out)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), atol=1e-10)
+    ref_grads = {k: p.grad.numpy() for k, p in ref.named_parameters()}
+    for k, p in ours.named_parameters():
+        np.testing.assert_allclose(p.grad, ref_grads[k], atol=1e-10, err_msg=k)
