@@ -286,7 +286,7 @@ __global__ void __launch_bounds__(128)
 }
 
 // ================================ forward, decoding (split-K) ===============================
-// decode: block (split sp, row zi = z*L + i) of 128 threads takes keys [sp*chunk, +chunk) of one
+// decode: block (row zi = z*L + i, split sp) of 128 threads takes keys [sp*chunk, +chunk) of one
 // query row. Warp w takes keys j0+w, j0+w+4, ...: its lanes split the dot product over E
 // (warp_sum, fixed order) and keep output columns f = lane + 32*jj (DM / 32 of them) with a
 // per-warp online softmax; the 4 warps then merge in warp order into the split's partial
@@ -297,8 +297,8 @@ __global__ void __launch_bounds__(128) attn_fwd_decode(const T* q, const T* k, c
   ATTN_MAKE;
   typedef acc_t<T> A;
   __shared__ A qs[DM], wm[4], wl[4], wacc[4][DM];
-  const int sp = blockIdx.x, lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-  const i64 zi = blockIdx.y, z = zi / L, i = zi - z * L, zk = kv_index[z];
+  const int sp = blockIdx.y, lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+  const i64 zi = blockIdx.x, z = zi / L, i = zi - z * L, zk = kv_index[z];
   for (int e = threadIdx.x; e < E; e += 128) qs[e] = (A)dk_load(q + zi * E + e);
   __syncthreads();
   const i64 send = causal ? imin(S, i + 1) : S, j0 = (i64)sp * chunk, j1 = imin(j0 + chunk, send);
