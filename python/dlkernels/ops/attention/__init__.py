@@ -116,11 +116,9 @@ def _check_p(dropout_p: Any) -> float:
     return float(dropout_p)
 
 
-def scaled_dot_product_attention_forward(query: Any, key: Any, value: Any, attn_mask: Any = None,
-                                         dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None,
-                                         enable_gqa: bool = False, seed: int | None = None
-                                         ) -> tuple[Any, AttentionSaved]:
-    """(output, saved): torch.nn.functional.scaled_dot_product_attention plus what backward needs."""
+def _prepare(query: Any, key: Any, value: Any, attn_mask: Any, dropout_p: Any, is_causal: Any, scale: Any,
+             enable_gqa: Any, seed: Any) -> AttentionSaved:
+    """Checks the arguments; the kernels' view of them, as an AttentionSaved without out and lse."""
     q, k, v = as_array(query, "query"), as_array(key, "key"), as_array(value, "value")
     m = as_optional(attn_mask, "attn_mask")
     check_float(q, "query")
@@ -159,11 +157,20 @@ def scaled_dot_product_attention_forward(query: Any, key: Any, value: Any, attn_
     k3 = contiguous(k).reshape(-1, S, E)
     v3 = contiguous(v).reshape(-1, S, Ev)
     dropout = make_dropout(dropout_p, seed) if dropout_p > 0 else None
-    out, lse = dispatch("scaled_dot_product_attention", "forward", device(q),
-                        q3, k3, v3, kv_index, mask, is_causal, float(scale), dropout)
-    saved = AttentionSaved(q3, k3, v3, out, lse, kv_index, mask, mask_shape, is_causal, float(scale), dropout,
-                           int(seed), tuple(q.shape), tuple(k.shape), tuple(v.shape), batch)
-    return wrap(out.reshape(batch + (L, Ev)), query), saved
+    return AttentionSaved(q3, k3, v3, None, None, kv_index, mask, mask_shape, is_causal, float(scale), dropout,
+                          int(seed), tuple(q.shape), tuple(k.shape), tuple(v.shape), batch)
+
+
+def scaled_dot_product_attention_forward(query: Any, key: Any, value: Any, attn_mask: Any = None,
+                                         dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None,
+                                         enable_gqa: bool = False, seed: int | None = None
+                                         ) -> tuple[Any, AttentionSaved]:
+    """(output, saved): torch.nn.functional.scaled_dot_product_attention plus what backward needs."""
+    p = _prepare(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, seed)
+    out, lse = dispatch("scaled_dot_product_attention", "forward", device(p.q),
+                        p.q, p.k, p.v, p.kv_index, p.mask, p.causal, p.scale, p.dropout)
+    L, Ev = p.q.shape[1], p.v.shape[2]
+    return wrap(out.reshape(p.batch + (L, Ev)), query), p._replace(out=out, lse=lse)
 
 
 def _unbroadcast(g: Array, shape: tuple[int, ...]) -> Array:
