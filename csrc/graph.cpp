@@ -277,13 +277,17 @@ void graph_maxmin_backward(int64_t R, const int64_t* indptr, const I* col, const
         const T wk = w ? w[e] : T(1);
         const T* o = out + v * F;
         const T* c = sh + v * F;
+        if (!dw) {  // no reduction across f: this loop vectorizes
+          for (int64_t f = 0; f < F; ++f) d[f] += ((w ? xr[f] * wk : xr[f]) == o[f] ? c[f] : T(0)) * wk;
+          continue;
+        }
         T s = T(0);
         for (int64_t f = 0; f < F; ++f) {
           const T m = (w ? xr[f] * wk : xr[f]) == o[f] ? c[f] : T(0);
           d[f] += m * wk;
           s += m * xr[f];
         }
-        if (dw) dw[e] = s;
+        dw[e] = s;
       }
     }
   });
