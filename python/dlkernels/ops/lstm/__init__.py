@@ -255,3 +255,5 @@ for _op in ("lstm", "lstm_cell"):
     register(_op, "backward", "numba", "loop", numba.lstm_backward_numba, default=True)
     register(_op, "forward", "cpp", "fused", cpp.lstm_forward_cpp, default=True)
     register(_op, "backward", "cpp", "fused", cpp.lstm_backward_cpp, default=True)
+from . import cuda as _cuda_glue  # noqa: E402  (CUDA: kernels/lstm.cu, registered by its glue)
+_cuda_glue.register_all()
