@@ -24,6 +24,10 @@
 #include <new>
 #include <vector>
 
+#if defined(__AVX512F__) || defined(__AVX2__) || defined(__FMA__)
+#include <immintrin.h>
+#endif
+
 namespace dlk {
 namespace DLK_ISA {
 namespace {
@@ -96,6 +100,99 @@ template <typename T>
 inline void vstore_n(T* p, vec<T> v, int n) {
   for (int k = 0; k < n; ++k) p[k] = v[k];
 }
+
+template <typename T>
+inline vec<T> vfma(vec<T> a, vec<T> b, vec<T> c) {  // a * b + c, fused where the ISA has it
+#if defined(__AVX512F__)
+  if constexpr (sizeof(T) == 4) return (vec<T>)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
+  else return (vec<T>)_mm512_fmadd_pd((__m512d)a, (__m512d)b, (__m512d)c);
+#elif defined(__FMA__) && defined(__AVX2__)
+  if constexpr (sizeof(T) == 4) return (vec<T>)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
+  else return (vec<T>)_mm256_fmadd_pd((__m256d)a, (__m256d)b, (__m256d)c);
+#else
+  return a * b + c;
+#endif
+}
+
+// The per-step product C (M x N) (+)= A (M x K) @ B (K x N) with B fixed for the whole
+// sequence. Big M: B packed once for the shared BLIS gemm (gemm_pack_b / gemm_prepacked_b).
+// Small M (online forecasting, B <= SMALL_M rows): that gemm's 1-row micro-tile is bound by
+// FMA latency (two accumulator chains), so B is kept as a zero-padded row-major copy and each
+// row runs 8 vector accumulators side by side along N. Either way every C element sums over
+// k in order: deterministic.
+constexpr int64_t SMALL_M = 4;
+
+template <typename T>
+struct StepB {
+  int64_t K, N, ld;  // ld: N rounded up to the vector width (small path)
+  bool small;
+  std::vector<T> buf;
+  StepB(int64_t M, int64_t K_, int64_t N_, const T* B, int64_t rsb, int64_t csb)
+      : K(K_), N(N_), ld((N_ + simd<T>::width - 1) / simd<T>::width * simd<T>::width), small(M <= SMALL_M) {
+    if (K <= 0 || N <= 0) return;
+    if (small) {
+      buf.assign((size_t)(K * ld), T(0));
+      // 16 x 16 tiles, so that a transposed B (rsb == 1) is read along its rows too
+      for (int64_t j0 = 0; j0 < N; j0 += 16)
+        for (int64_t k0 = 0; k0 < K; k0 += 16)
+          for (int64_t j = j0; j < std::min<int64_t>(N, j0 + 16); ++j)
+            for (int64_t k = k0; k < std::min<int64_t>(K, k0 + 16); ++k)
+              buf[(size_t)(k * ld + j)] = B[k * rsb + j * csb];
+    } else {
+      buf.resize((size_t)gemm_packed_b_size<T>(K, N));
+      gemm_pack_b<T>(K, N, B, rsb, csb, buf.data());
+    }
+  }
+
+  template <int NV>
+  void chunk(const T* a, int64_t j0, T* c, bool accumulate) const {
+    constexpr int W = simd<T>::width;
+    vec<T> acc[NV];
+    for (int v = 0; v < NV; ++v) acc[v] = vec<T>{};
+    const T* b = buf.data() + j0;
+    for (int64_t k = 0; k < K; ++k) {
+      const vec<T> av = vec<T>{} + a[k];
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) acc[v] = vfma<T>(av, vload(b + k * ld + v * W), acc[v]);
+    }
+    for (int v = 0; v < NV; ++v) {
+      const int64_t j = j0 + (int64_t)v * W;
+      const int n = (int)std::min<int64_t>(W, N - j);
+      vec<T> r = accumulate ? (n == W ? vload(c + j) : vload_n(c + j, n)) + acc[v] : acc[v];
+      if (n == W) vstore(c + j, r);
+      else vstore_n(c + j, r, n);
+    }
+  }
+
+  void mul(int64_t M, const T* A, int64_t lda, T* C, int64_t ldc, bool accumulate) const {
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) {
+      if (!accumulate)
+        for (int64_t i = 0; i < M; ++i) std::memset(C + i * ldc, 0, (size_t)N * sizeof(T));
+      return;
+    }
+    if (!small || M > SMALL_M) {
+      gemm_prepacked_b<T>(M, N, K, A, lda, 1, buf.data(), C, ldc, accumulate, true);
+      return;
+    }
+    constexpr int W = simd<T>::width;
+    const int64_t nvec = ld / W;
+    for (int64_t i = 0; i < M; ++i) {
+      int64_t v0 = 0;
+      for (; v0 + 8 <= nvec; v0 += 8) chunk<8>(A + i * lda, v0 * W, C + i * ldc, accumulate);
+      switch (nvec - v0) {
+        case 7: chunk<7>(A + i * lda, v0 * W, C + i * ldc, accumulate); break;
+        case 6: chunk<6>(A + i * lda, v0 * W, C + i * ldc, accumulate); break;
+        case 5: chunk<5>(A + i * lda, v0 * W, C + i * ldc, accumulate); break;
+        case 4: chunk<4>(A + i * lda, v0 * W, C + i * ldc, accumulate); break;
+        case 3: chunk<3>(A + i * lda, v0 * W, C + i * ldc, accumulate); break;
+        case 2: chunk<2>(A + i * lda, v0 * W, C + i * ldc, accumulate); break;
+        case 1: chunk<1>(A + i * lda, v0 * W, C + i * ldc, accumulate); break;
+        default: break;
+      }
+    }
+  }
+};
 
 inline bool running(const int64_t* lengths, int64_t t, int64_t b) {
   return lengths == nullptr || t < lengths[b];
@@ -192,17 +289,15 @@ void lstm_forward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const 
   // Z = X W_ihᵀ for every step at once, into the gates array
   gemm<T>(Tn * B, G, I, x, I, 1, w_ih, 1, I, gates, G, false, true);
   // W_hhᵀ (P x 4H) and W_hrᵀ (H x P) packed once
-  Workspace<T> pk_hh(gemm_packed_b_size<T>(P, G));
-  gemm_pack_b<T>(P, G, w_hh, 1, P, pk_hh.data());
+  const StepB<T> pk_hh(B, P, G, w_hh, 1, P);
   const bool proj = w_hr != nullptr;
-  Workspace<T> pk_hr(proj ? gemm_packed_b_size<T>(H, P) : 0);
-  if (proj) gemm_pack_b<T>(H, P, w_hr, 1, H, pk_hr.data());
+  const StepB<T> pk_hr(B, proj ? H : 0, proj ? P : 0, w_hr, 1, H);
   Workspace<T> m(B * H), hp(proj ? B * P : 0);
 
   for (int64_t t = 0; t < Tn; ++t) {
     T* z = gates + t * B * G;
     T* yt = y + t * B * P;
-    gemm_prepacked_b<T>(B, G, P, h_n, P, 1, pk_hh.data(), z, G, true, true);
+    pk_hh.mul(B, h_n, P, z, G, true);
     // without a projection m is h: write it straight into y_t
     T* mt = proj ? m.data() : yt;
     for_rows(B, 8 * H, [&](int64_t b) {
@@ -212,7 +307,7 @@ void lstm_forward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const 
     });
     const T* hnew = mt;
     if (proj) {
-      gemm_prepacked_b<T>(B, P, H, m.data(), H, 1, pk_hr.data(), hp.data(), P, false, true);
+      pk_hr.mul(B, m.data(), H, hp.data(), P, false);
       hnew = hp.data();
     }
     for (int64_t b = 0; b < B; ++b) {
@@ -242,10 +337,8 @@ void lstm_backward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const
   // dh of every step (kept for dW_hr with a projection; one step's worth otherwise)
   Workspace<T> dht(proj ? TB * P : B * P);
   Workspace<T> mall(proj ? TB * H : 0), dm(proj ? B * H : 0), dhp(B * P);
-  Workspace<T> pk_hh(gemm_packed_b_size<T>(G, P));  // W_hh (4H x P), packed once
-  if (TB > 0) gemm_pack_b<T>(G, P, w_hh, P, 1, pk_hh.data());
-  Workspace<T> pk_hr(proj ? gemm_packed_b_size<T>(P, H) : 0);  // W_hr (P x H)
-  if (proj && TB > 0) gemm_pack_b<T>(P, H, w_hr, H, 1, pk_hr.data());
+  const StepB<T> pk_hh(B, TB > 0 ? G : 0, P, w_hh, P, 1);  // W_hh (4H x P), packed once
+  const StepB<T> pk_hr(B, proj && TB > 0 ? P : 0, H, w_hr, H, 1);  // W_hr (P x H)
 
   for (int64_t t = Tn - 1; t >= 0; --t) {
     T* dzt = dz.data() + t * B * G;
@@ -257,7 +350,7 @@ void lstm_backward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const
     }
     const T* dmt = dh;
     if (proj) {
-      gemm_prepacked_b<T>(B, H, P, dh, P, 1, pk_hr.data(), dm.data(), H, false, true);
+      pk_hr.mul(B, dh, P, dm.data(), H, false);
       dmt = dm.data();
     }
     const T* cprev = t > 0 ? cs + (t - 1) * B * H : c0;
@@ -268,9 +361,9 @@ void lstm_backward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const
                             running(lengths, t, b));
     });
     if (lengths == nullptr) {
-      gemm_prepacked_b<T>(B, P, G, dzt, G, 1, pk_hh.data(), dh0, P, false, true);
+      pk_hh.mul(B, dzt, G, dh0, P, false);
     } else {
-      gemm_prepacked_b<T>(B, P, G, dzt, G, 1, pk_hh.data(), dhp.data(), P, false, true);
+      pk_hh.mul(B, dzt, G, dhp.data(), P, false);
       for (int64_t b = 0; b < B; ++b)
         if (running(lengths, t, b))
           std::memcpy(dh0 + b * P, dhp.data() + b * P, (size_t)P * sizeof(T));
