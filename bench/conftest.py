@@ -9,9 +9,8 @@ these suites give pytest-benchmark's statistics and comparisons between saved ru
 
 from __future__ import annotations
 
-import pytest
-
 import dlkernels as dk
+import pytest
 from dlkernels import _registry
 from dlkernels.benchmarks import Case
 

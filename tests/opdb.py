@@ -11,9 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 import dlkernels as dk
+import numpy as np
 
 
 @dataclass

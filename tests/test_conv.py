@@ -7,15 +7,14 @@ import os
 import subprocess
 import sys
 
+import dlkernels as dk
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-import dlkernels as dk
 from dlkernels import _cpp
 from dlkernels.ops.conv import reference
 from dlkernels.ops.conv.common import conv_params
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 
 @settings(deadline=None, max_examples=40)
@@ -129,3 +128,9 @@ def test_reference_is_the_definition():
                         if 0 <= h < 5 and 0 <= v < 6:
                             acc += w[k, 0, r, s] * x[0, k, h, v]
                 assert abs(y[0, k, i, j] - acc) < 1e-12
+
+
+def test_the_cpp_backend_is_built():
+    """A package whose C++ module failed to load would silently test only NumPy and numba."""
+    assert _cpp.available(), f"dlkernels._C did not import: {_cpp.IMPORT_ERROR}"
+    assert dk._registry.available("cpp")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from dlkernels import nn, optim
 
 
@@ -80,8 +79,10 @@ def test_training_steps_match_torch_in_float64(rng, opt_name):
 
 def test_mse_and_conv1d_linear_gradients_match_torch(rng):
     torch = pytest.importorskip("torch")
-    tmodel = torch.nn.Sequential(torch.nn.Conv1d(2, 3, 3, padding="same"), torch.nn.Flatten(), torch.nn.Linear(3 * 9, 2)).double()
-    model = nn.Sequential(nn.Conv1d(2, 3, 3, padding="same", dtype="float64"), nn.Flatten(), nn.Linear(27, 2, dtype="float64"))
+    tn = torch.nn
+    tmodel = tn.Sequential(tn.Conv1d(2, 3, 3, padding="same"), tn.Flatten(), tn.Linear(3 * 9, 2)).double()
+    model = nn.Sequential(nn.Conv1d(2, 3, 3, padding="same", dtype="float64"), nn.Flatten(),
+                          nn.Linear(27, 2, dtype="float64"))
     model.load_state_dict(tmodel.state_dict())  # torch tensors directly
     x, t = rng.standard_normal((5, 2, 9)), rng.standard_normal((5, 2))
     loss_fn = nn.MSELoss()

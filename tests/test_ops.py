@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import threading
 
+import dlkernels as dk
 import numpy as np
 import pytest
-from opdb import OPS, OPS_BY_ID, OpInfo, Sample, cast
-
-import dlkernels as dk
 from dlkernels import _cpp
 from dlkernels._registry import VariantRefused, available
+from opdb import OPS_BY_ID, OpInfo, Sample, cast
 
 CPU_DTYPES = ["float64", "float32"]
 
@@ -120,7 +119,7 @@ def test_reference_backward_matches_finite_differences(op_id, rng):
             gouts = _grads(op, outs)
             grads = op.backward(op.grads_to_backward(gouts), saved)
 
-            def loss(args):
+            def loss(args, s=s, gouts=gouts):
                 o, _ = _run_forward(op, Sample(tuple(args), s.kwargs))
                 return sum(float(np.sum(a * g)) for a, g in zip(o, gouts))
 

@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-import torch.nn.functional as F  # noqa: E402
-
 import dlkernels.torch as dlt  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 from dlkernels.torch import _bridge  # noqa: E402
 
 CASES = [
@@ -58,8 +57,9 @@ def test_opcheck():
 
 def test_torch_compile_fullgraph_model():
     torch.manual_seed(3)
-    model = torch.nn.Sequential(dlt.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), dlt.Conv2d(4, 2, 3), torch.nn.Flatten())
-    ref = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 3), torch.nn.Flatten())
+    tn = torch.nn
+    model = tn.Sequential(dlt.Conv2d(1, 4, 3, padding=1), tn.ReLU(), dlt.Conv2d(4, 2, 3), tn.Flatten())
+    ref = tn.Sequential(tn.Conv2d(1, 4, 3, padding=1), tn.ReLU(), tn.Conv2d(4, 2, 3), tn.Flatten())
     ref.load_state_dict(model.state_dict())
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     x = torch.randn(3, 1, 8, 8)

@@ -8,6 +8,7 @@ import sys
 
 def info() -> str:
     import dlkernels as dk
+
     from . import _cpp, _registry
     from .benchmarks.runner import machine
 
@@ -51,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         print(info())
         return 0
     import dlkernels as dk
+
     from .benchmarks import runner
 
     if args.threads:

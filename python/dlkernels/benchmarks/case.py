@@ -29,7 +29,8 @@ class Case:
     backward_flops: Callable[[State], float] | None = None  # backward alone (default 2x forward)
     bytes: Callable[[State], float] | None = None  # minimum bytes moved by the forward (memory-bound ops)
     # name -> (forward, forward+backward or None) of a peer on the same inputs, e.g. torch
-    peers: dict[str, Callable[[State], tuple[Callable[[], Any], Callable[[], Any] | None]]] = field(default_factory=dict)
+    peers: dict[str, Callable[[State], tuple[Callable[[], Any], Callable[[], Any] | None]]] = field(
+        default_factory=dict)
     quick: bool = False  # part of `dlkernels bench --quick`
     backends: tuple[str, ...] = ("cpp", "numba")  # backends timed (the reference is only the validator)
     variants: dict[str, tuple[str, ...]] = field(default_factory=dict)  # backend -> variants to time (default: all)

@@ -170,7 +170,7 @@ def run(op: str | None = None, backends: list[str] | None = None, quick: bool = 
                         if time.perf_counter() - t0 > max_seconds:
                             row[direction] = {"skipped": f"one call took over {max_seconds:.0f} s"}
                             continue
-                        t, n = timeit(lambda: fn(state))
+                        t, n = timeit(lambda fn=fn, state=state: fn(state))
                         row[direction] = _figures(case, state, direction, t, n, peak, peer_times)
             except VariantRefused:  # a specialised variant that does not fit this shape
                 continue

@@ -49,7 +49,8 @@ class _ConvNd(Module):
         if padding_mode != "zeros":
             raise ValueError(f"padding_mode: only 'zeros' is supported, got {padding_mode!r}")
         if in_channels % groups or out_channels % groups:
-            raise ValueError(f"groups: {groups} must divide in_channels ({in_channels}) and out_channels ({out_channels})")
+            raise ValueError(f"groups: {groups} must divide in_channels ({in_channels}) "
+                             f"and out_channels ({out_channels})")
         d = as_dtype(dtype)
         ks = as_int_tuple(kernel_size, "kernel_size", self.nd, minimum=1)
         fan_in = in_channels // groups * math.prod(ks)
@@ -157,7 +158,7 @@ class MaxPool2d(Module):
     def backward(self, grad_output: Any) -> Array:
         g = as_array(grad_output, "grad_output")
         m = xp(g)
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
+        kw, (sh, sw), (ph, pw), (dh, dw) = self.kernel_size[1], self.stride, self.padding, self.dilation
         N, C, H, W = self._xshape
         P, Q = g.shape[2:]
         # the padded-input position of each output's maximum

@@ -52,7 +52,8 @@ class CrossEntropyLoss(Module):
             raise ValueError(f"target: expected shape ({z.shape[0]},) for logits of shape {tuple(z.shape)}, "
                              f"got {tuple(y.shape)}")
         if y.size and (int(y.min()) < 0 or int(y.max()) >= z.shape[1]):
-            raise IndexError(f"target: class indices must be in [0, {z.shape[1]}), got [{int(y.min())}, {int(y.max())}]")
+            raise IndexError(f"target: class indices must be in [0, {z.shape[1]}), "
+                             f"got [{int(y.min())}, {int(y.max())}]")
         m = xp(z)
         shifted = z - z.max(axis=1, keepdims=True)  # stable log-softmax
         logp = shifted - m.log(m.exp(shifted).sum(axis=1, keepdims=True))

@@ -6,7 +6,7 @@ pass opcheck and gradcheck and run under torch.compile(fullgraph=True).
 """
 
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -18,18 +18,19 @@ from . import _bridge as B
 
 def _params(x: torch.Tensor, w: torch.Tensor, stride: list[int], padding: list[int], dilation: list[int],
             groups: int) -> ConvParams:
-    (N, C, H, W), (K, Cg, R, S) = x.shape, w.shape
+    (H, W), (R, S) = x.shape[2:], w.shape[2:]
     P = (H + padding[0] + padding[1] - dilation[0] * (R - 1) - 1) // stride[0] + 1
     Q = (W + padding[2] + padding[3] - dilation[1] * (S - 1) - 1) // stride[1] + 1
     return ConvParams(tuple(stride), tuple(padding), tuple(dilation), groups, (P, Q))
 
 
 @torch.library.custom_op("dlkernels::conv2d", mutates_args=())
-def _conv2d(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], stride: list[int], padding: list[int],
+def _conv2d(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, stride: list[int], padding: list[int],
             dilation: list[int], groups: int) -> torch.Tensor:
     """x (N, C, H, W), w (K, C/groups, R, S); padding (top, bottom, left, right)."""
     p = _params(x, w, stride, padding, dilation, groups)
-    xa, wa, ba = (B.to_array(t.contiguous() if t is not None else None, n) for t, n in ((x, "input"), (w, "weight"), (b, "bias")))
+    xa, wa = B.to_array(x.contiguous(), "input"), B.to_array(w.contiguous(), "weight")
+    ba = B.to_array(b.contiguous(), "bias") if b is not None else None
     with B.cuda_stream(x):
         y = dispatch("conv2d", "forward", "cuda" if x.is_cuda else "cpu", xa, wa, ba, p)
     return B.to_tensor(y)
@@ -43,7 +44,8 @@ def _(x, w, b, stride, padding, dilation, groups):
 
 @torch.library.custom_op("dlkernels::conv2d_backward", mutates_args=())
 def _conv2d_backward(grad: torch.Tensor, x: torch.Tensor, w: torch.Tensor, stride: list[int], padding: list[int],
-                     dilation: list[int], groups: int, needs: list[bool]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                     dilation: list[int], groups: int,
+                     needs: list[bool]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dx, dw, db); an entry not in needs comes back with 0 elements."""
     p = _params(x, w, stride, padding, dilation, groups)
     arrays = [B.to_array(t.contiguous(), n) for t, n in ((grad, "grad_output"), (x, "input"), (w, "weight"))]
@@ -76,7 +78,7 @@ def _backward(ctx, grad):
 _conv2d.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _conv(nd: int, input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: Any,
+def _conv(nd: int, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: Any,
           padding: Any, dilation: Any, groups: int) -> torch.Tensor:
     B.check_tensor(input, "input")
     B.check_tensor(weight, "weight", like=input)
@@ -98,13 +100,13 @@ def _conv(nd: int, input: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
     return y.squeeze(0) if unbatched else y
 
 
-def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, stride: Any = 1,
+def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride: Any = 1,
            padding: Any = 0, dilation: Any = 1, groups: int = 1) -> torch.Tensor:
     """torch.nn.functional.conv2d, run by dlkernels (same arguments, same result)."""
     return _conv(2, input, weight, bias, stride, padding, dilation, groups)
 
 
-def conv1d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, stride: Any = 1,
+def conv1d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride: Any = 1,
            padding: Any = 0, dilation: Any = 1, groups: int = 1) -> torch.Tensor:
     """torch.nn.functional.conv1d, run by dlkernels (same arguments, same result)."""
     return _conv(1, input, weight, bias, stride, padding, dilation, groups)

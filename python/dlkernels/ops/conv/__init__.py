@@ -29,8 +29,18 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from ..._arrays import (Array, as_array, as_optional, check_float, check_like, check_ndim, check_shape,
-                        contiguous, device, wrap)
+from ..._arrays import (
+    Array,
+    as_array,
+    as_optional,
+    check_float,
+    check_like,
+    check_ndim,
+    check_shape,
+    contiguous,
+    device,
+    wrap,
+)
 from ..._registry import dispatch, register
 from . import cpp, numba, reference
 from .common import ConvParams, conv_params
