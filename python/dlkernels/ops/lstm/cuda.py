@@ -203,7 +203,8 @@ def lstm_backward_cuda_steps(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, length
                           NULL if M is None else M, lens))
             _gemm(x, B, P, 4 * H, DZ[t], 4 * H, 1, w_hh, P, 1, tmp, P)  # dz_t W_hh
             _elementwise("lstm_bwd_carry", x, B * P, (np.int32(t), np.int32(B), np.int32(P), tmp, dh, lens))
-        dx, dw_ih, dw_hh = _cuda.empty(x.shape, x.dtype), _cuda.empty(w_ih.shape, x.dtype), _cuda.empty(w_hh.shape, x.dtype)
+        dx, dw_ih = _cuda.empty(x.shape, x.dtype), _cuda.empty(w_ih.shape, x.dtype)
+        dw_hh = _cuda.empty(w_hh.shape, x.dtype)
         _gemm(x, T * B, I, 4 * H, DZ, 4 * H, 1, w_ih, I, 1, dx, I)  # dx = dz W_ih
         _gemm(x, 4 * H, I, T * B, DZ, 1, 4 * H, x, I, 1, dw_ih, I)  # dW_ih = dzᵀ x
         hprev = _cuda.empty((T, B, P), x.dtype)  # h_{t-1} of every step: h0, then y[0 .. T-2]
@@ -216,7 +217,8 @@ def lstm_backward_cuda_steps(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, length
         _gemm(x, 4 * H, P, T * B, DZ, 1, 4 * H, hprev, P, 1, dw_hh, P)  # dW_hh = dzᵀ h_prev
         db = _cuda.empty((4 * H,), x.dtype)
         # one thread per gate column: the sum over T*B rows in row order
-        _cuda.launch(_kernel("lstm_colsum", x), (_cuda.cdiv(4 * H, 256),), (256,), (DZ, np.int64(T * B), np.int32(4 * H), db))
+        _cuda.launch(_kernel("lstm_colsum", x), (_cuda.cdiv(4 * H, 256),), (256,),
+                     (DZ, np.int64(T * B), np.int32(4 * H), db))
         dw_hr = None
         if w_hr is not None:
             dw_hr = _cuda.empty(w_hr.shape, x.dtype)
