@@ -203,6 +203,151 @@ def bench_graph(quick: bool, peak_gbs: float) -> list[dict]:
     return rows
 
 
+# ---- attention and LSTM (kernels/attention.cu, kernels/lstm.cu) ----------------------------------
+
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0}  # dense bf16 tensor-core peaks
+
+
+def _peak_bf16() -> float | None:
+    name = torch.cuda.get_device_name()
+    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+
+
+def _attn_case(B, H, L, S, E, dtype, causal=False, mask=False):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(B, H, L, E, device="cuda", dtype=dtype, generator=g)
+    k = torch.randn(B, H, S, E, device="cuda", dtype=dtype, generator=g)
+    v = torch.randn(B, H, S, E, device="cuda", dtype=dtype, generator=g)
+    m = (torch.rand(B, 1, 1, S, device="cuda", generator=g) > 0.1) if mask else None
+    return q, k, v, m
+
+
+def _attn_row(cid, B, H, L, S, E, dtype, causal, mask, peer, peer_name, backward=True):
+    """Forward and backward (deterministic and atomic) of dlkernels vs a torch SDPA backend."""
+    from torch.nn.attention import sdpa_kernel
+    q, k, v, m = _attn_case(B, H, L, S, E, dtype, causal, mask)
+    flops = 4.0 * B * H * L * S * E / (2 if causal else 1)
+    with dk.backend("cuda"):
+        out, saved = dk.scaled_dot_product_attention_forward(q, k, v, m, is_causal=causal)
+    with sdpa_kernel(peer):
+        ref = F.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=causal)
+    err = float((out.float() - ref.float()).abs().max())
+    assert err < (5e-2 if dtype != torch.float32 else 1e-3), f"{cid}: dlkernels differs from torch by {err}"
+
+    def fwd():
+        with dk.backend("cuda"):
+            dk.scaled_dot_product_attention_forward(q, k, v, m, is_causal=causal)
+
+    def tfwd():
+        with sdpa_kernel(peer):
+            F.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=causal)
+
+    row = {"id": cid, "shape": f"B{B} H{H} L{L} S{S} E{E}{' causal' if causal else ''}{' mask' if mask else ''}",
+           "dtype": str(dtype).split(".")[-1], "peer": peer_name, "ms": gpu_time(fwd), "peer_ms": gpu_time(tfwd)}
+    row["speedup"] = row["peer_ms"] / row["ms"]
+    row["tflops"] = flops / row["ms"] / 1e9
+    if backward:
+        gout = torch.randn_like(out)
+        for variant in ("flash", "atomic"):
+            def bwd(variant=variant):
+                with dk.backend("cuda", variant):
+                    dk.scaled_dot_product_attention_backward(gout, saved)
+            row[f"bwd_{variant}_ms"] = gpu_time(bwd)
+        qr, kr, vr = (t.detach().requires_grad_() for t in (q, k, v))
+        with sdpa_kernel(peer):
+            o = F.scaled_dot_product_attention(qr, kr, vr, attn_mask=m, is_causal=causal)
+        row["peer_bwd_ms"] = gpu_time(lambda: torch.autograd.grad(o, (qr, kr, vr), gout, retain_graph=True))
+        row["bwd_speedup"] = row["peer_bwd_ms"] / row["bwd_flash_ms"]
+        row["bwd_tflops"] = 2.5 * flops / row["bwd_flash_ms"] / 1e9
+    peak = _peak_bf16()
+    if peak and dtype != torch.float32:
+        row["pct_bf16_peak"] = 100 * row["tflops"] / peak
+    return row
+
+
+def bench_attention(quick: bool) -> list[dict]:
+    """FlashAttention's grid (bf16/fp16, E 64/128, L = S in 1024/4096/16384, B*L = 16384, H*E = 2048,
+    causal and not) vs torch's flash backend; float32 vs torch's math backend; A3 and A5."""
+    from torch.nn.attention import SDPBackend
+    torch.backends.cuda.matmul.allow_tf32 = False
+    rows = []
+    grid = [(dt, E, L, c) for dt in (torch.bfloat16, torch.float16) for E in (64, 128)
+            for L in (1024, 4096, 16384) for c in (False, True)]
+    for dt, E, L, c in grid[:2] if quick else grid:
+        rows.append(_attn_row(f"FA-{E}-{L}", 16384 // L, 2048 // E, L, L, E, dt, c, False,
+                              SDPBackend.FLASH_ATTENTION, "torch flash"))
+        print(rows[-1], flush=True)
+    for L in (1024,) if quick else (1024, 4096):  # float32 is real float32 (no TF32) on both sides
+        rows.append(_attn_row(f"F32-{L}", 16384 // L, 32, L, L, 64, torch.float32, False, False, SDPBackend.MATH,
+                              "torch math"))
+        print(rows[-1], flush=True)
+    for dt in (torch.bfloat16, torch.float32):
+        # torch's flash backend takes no mask: A3 is compared with its memory-efficient backend
+        rows.append(_attn_row("A3", 4, 12, 512, 512, 64, dt, False, True, SDPBackend.EFFICIENT_ATTENTION,
+                              "torch efficient"))
+        print(rows[-1], flush=True)
+        rows.append(_attn_row("A5", 16, 32, 1, 8192, 128, dt, False, False,
+                              SDPBackend.FLASH_ATTENTION if dt != torch.float32 else SDPBackend.MATH,
+                              "torch flash" if dt != torch.float32 else "torch math", backward=False))
+        print(rows[-1], flush=True)
+    return rows
+
+
+LSTM_CASES = [  # id, T, B, I, H (the CPU LSTM issue's L1-L4; L3 is one cell step)
+    ("L1", 100, 64, 64, 256), ("L2", 512, 8, 128, 512), ("L3", 1, 64, 64, 256), ("L4", 50, 1, 32, 128),
+]
+
+
+def bench_lstm(quick: bool) -> list[dict]:
+    """L1-L4 forward and forward+backward vs torch.nn.LSTM (cuDNN) on the same GPU, float32 and bf16."""
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    rows = []
+    for dt in (torch.float32, torch.bfloat16):
+        for cid, T, B, I, H in LSTM_CASES[:1] if quick else LSTM_CASES:
+            ref = torch.nn.LSTM(I, H).to("cuda", dt)
+            x = torch.randn(T, B, I, device="cuda", dtype=dt)
+            h0, c0 = torch.zeros(1, B, H, device="cuda", dtype=dt), torch.zeros(1, B, H, device="cuda", dtype=dt)
+            w = [p.detach() for p in (ref.weight_ih_l0, ref.weight_hh_l0, ref.bias_ih_l0, ref.bias_hh_l0)]
+            with dk.backend("cuda"):
+                (y, _), saved = dk.lstm_forward(x, h0[0], c0[0], *w)
+            yt, _ = ref(x, (h0, c0))
+            err = float((y.float() - yt.float()).abs().max())
+            assert err < (5e-2 if dt == torch.bfloat16 else 1e-3), f"{cid}: dlkernels differs from cuDNN by {err}"
+            gy = torch.randn_like(yt)
+
+            def fwd():
+                with dk.backend("cuda"):
+                    dk.lstm_forward(x, h0[0], c0[0], *w)
+
+            def fwd_bwd():
+                with dk.backend("cuda"):
+                    _, s = dk.lstm_forward(x, h0[0], c0[0], *w)
+                    dk.lstm_backward((gy, None, None), s)
+
+            def tfwd():
+                with torch.no_grad():
+                    ref(x, (h0, c0))
+
+            xr = x.detach().requires_grad_()
+
+            def tfwd_bwd():
+                out, _ = ref(xr, (h0, c0))
+                torch.autograd.grad(out, [xr, *ref.parameters()], gy)
+
+            from dlkernels._registry import select
+            kern, why = select("lstm", "forward", "cuda", cp.from_dlpack(x), cp.from_dlpack(h0[0]),
+                               cp.from_dlpack(c0[0]), *(cp.from_dlpack(t) for t in w[:2]), None, None, None)
+            row = {"id": cid, "shape": f"T{T} B{B} I{I} H{H}", "dtype": str(dt).split(".")[-1],
+                   "variant": kern.variant, "why": why, "ms": gpu_time(fwd), "peer_ms": gpu_time(tfwd),
+                   "fwd_bwd_ms": gpu_time(fwd_bwd), "peer_fwd_bwd_ms": gpu_time(tfwd_bwd)}
+            row["speedup"] = row["peer_ms"] / row["ms"]
+            row["fwd_bwd_speedup"] = row["peer_fwd_bwd_ms"] / row["fwd_bwd_ms"]
+            rows.append(row)
+            print(row, flush=True)
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true")
@@ -220,6 +365,8 @@ def main() -> int:
     except (ImportError, AttributeError) as exc:  # the graph front-end or its CUDA glue is missing
         print(f"graph benchmarks skipped: {exc}", flush=True)
         graph_rows = []
+    attention_rows = bench_attention(args.quick)
+    lstm_rows = bench_lstm(args.quick)
     if args.json:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=HERE
@@ -237,6 +384,8 @@ def main() -> int:
             "seconds": time.time() - t0,
             "conv": conv_rows,
             "graph": graph_rows,
+            "attention": attention_rows,
+            "lstm": lstm_rows,
         }
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:

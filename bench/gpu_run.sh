@@ -22,7 +22,7 @@ step() {  # step NAME COMMAND...: run, tee to the log, remember failures
 }
 "$PY" -c "from dlkernels._cuda import cuda_info; print(cuda_info())" | tee "$logs/info.txt"
 step nvcc sh .ci/nvcc_check.sh
-step tests "$PY" -m pytest tests/test_cuda.py tests/test_cuda_sources.py -m gpu -q -p no:cacheprovider -rs
+step tests "$PY" -m pytest tests/test_cuda.py tests/test_cuda_sources.py tests/test_cuda_attention.py tests/test_cuda_lstm.py -m gpu -q -p no:cacheprovider -rs
 if command -v compute-sanitizer >/dev/null 2>&1; then
     # a smaller test set under the sanitizer (it slows kernels ~100x). CuPy's memory pool hands
     # out slices of bigger blocks, so memcheck catches overruns past a block, not past a slice.
@@ -30,6 +30,9 @@ if command -v compute-sanitizer >/dev/null 2>&1; then
         step "sanitizer-$tool" compute-sanitizer --tool "$tool" --error-exitcode 99 --target-processes all \
             "$PY" -m pytest tests/test_cuda.py -m gpu -q -p no:cacheprovider -x \
             -k "float32 or float16 or graph_sddmm"
+        step "sanitizer-$tool-attention-lstm" compute-sanitizer --tool "$tool" --error-exitcode 99 \
+            --target-processes all "$PY" -m pytest tests/test_cuda_attention.py tests/test_cuda_lstm.py -m gpu -q \
+            -p no:cacheprovider -x -k "(forward or backward) and (float32 or float16) and not matches"
     done
 else
     echo "compute-sanitizer not found: memcheck/racecheck not run" | tee "$logs/sanitizer.txt"
