@@ -534,8 +534,11 @@ template <typename T>
 void gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t rsa, int64_t csa, const T* B,
           int64_t rsb, int64_t csb, T* C, int64_t ldc, bool accumulate, bool parallel) {
   // B read in place when its rows are contiguous and A fits one MC block (each B panel is
-  // then read once from memory whether packed or not, so packing is pure overhead).
-  const bool direct_b = csb == 1 && M <= Cfg<T>::MC;
+  // then read once from memory whether packed or not, so packing is pure overhead). With
+  // narrow panels (one cache line per row: avx2, SSE) the rows of a panel, ldb apart, fight
+  // over L1 sets when re-read for the next MR rows, so there only a single pass goes direct.
+  const bool wide = Cfg<T>::NR * (int)sizeof(T) >= 128;
+  const bool direct_b = csb == 1 && (wide ? M <= Cfg<T>::MC : M <= Cfg<T>::MR);
   gemm_driver<T>({M, N, K, A, rsa, csa, B, rsb, csb, nullptr, C, ldc, accumulate, direct_b},
                  parallel);
 }
