@@ -118,6 +118,19 @@ __global__ void lstm_fwd_proj(int t, int B, int P, const acc_t<T>* hp, acc_t<T>*
   st(y + (i64)t * B * P + x, run ? hp[x] : acc_t<T>(0));
 }
 
+// Loads that skip L1 (ld.global.cg): h written by other blocks since this block last read the
+// same address must come from L2, not from a stale L1 line.
+__device__ __forceinline__ float ld_cg(const float* p) {
+  float v;
+  asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p));
+  return v;
+}
+__device__ __forceinline__ double ld_cg(const double* p) {
+  double v;
+  asm volatile("ld.global.cg.f64 %0, [%1];" : "=d"(v) : "l"(p));
+  return v;
+}
+
 // Grid-wide barrier for lstm_persistent: a monotonic counter; the k-th barrier waits for it to
 // reach k * gridDim.x. ASSUMES every block of the grid is resident at once (the glue launches at
 // most one block per SM and checks the block fits one SM), else it would wait forever.
@@ -136,7 +149,7 @@ __device__ __forceinline__ void grid_barrier(unsigned* counter, unsigned k) {
 // persistent forward (no projection, P = H): block x owns hidden units [x*U, x*U + U) and keeps
 // their 4U rows of W_hh in shared memory (row stride H + pad) for all T steps. Per step: thread
 // o < B*4U computes z[b, gate, u] = xw[t] + h_{t-1}[b] . W_hh[gate*H + j] (h from the global
-// double buffer hbuf[t % 2], acc_t), then thread (b, u) applies the gates exactly as
+// double buffer hbuf[t % 2], acc_t, read past L1), then thread (b, u) applies the gates exactly as
 // lstm_fwd_gates, writes h_t into hbuf[(t+1) % 2], and all blocks meet at the grid barrier.
 // c of its units stays in shared memory. 256 threads.
 template <class T>
@@ -169,7 +182,7 @@ __global__ void __launch_bounds__(256)
       A acc = xw[((i64)t * B + b) * 4 * H + (i64)gate * H + j0 + u];
       const A* hb = hp + (i64)b * H;
       const T* wr = W + (i64)r * ldw;
-      for (int p = 0; p < H; ++p) acc += hb[p] * ld(wr + p);
+      for (int p = 0; p < H; ++p) acc += ld_cg(hb + p) * ld(wr + p);
       zs[o] = acc;
     }
     __syncthreads();
@@ -184,7 +197,7 @@ __global__ void __launch_bounds__(256)
       gt[j] = ig, gt[H + j] = fg, gt[2 * H + j] = gg, gt[3 * H + j] = og;
       if (run) cl[e] = cn;
       cs[((i64)t * B + b) * H + j] = cl[e];
-      hn[(i64)b * H + j] = run ? m : hp[(i64)b * H + j];
+      hn[(i64)b * H + j] = run ? m : ld_cg(hp + (i64)b * H + j);
       st(y + ((i64)t * B + b) * H + j, run ? m : A(0));
     }
     grid_barrier(counter, (unsigned)(t + 1));  // h_t complete everywhere before step t+1 reads it
