@@ -44,8 +44,13 @@ template <typename T>
 inline vec<T> vload(const T* p) { return *reinterpret_cast<const vec<T>*>(p); }
 template <typename T>
 inline void vstore(T* p, vec<T> v) { *reinterpret_cast<vec<T>*>(p) = v; }
+// A splat. (Not `vec<T>{} + x`: that is a real add per call, and in FMA loops it made GCC spill.)
 template <typename T>
-inline vec<T> vbroadcast(T x) { return vec<T>{} + x; }
+inline vec<T> vbroadcast(T x) {
+  vec<T> v;
+  for (int i = 0; i < simd<T>::width; ++i) v[i] = x;
+  return v;
+}
 
 inline int max_threads() {
 #ifdef _OPENMP
