@@ -25,6 +25,9 @@ Kernels (the ladder; every one bitwise repeatable, no atomics):
     numba       segment reduce over the CSR, rows in parallel (numba.py)
     cpp         segment reduce over the CSR, vec<T> along features (tail for F % width), rows split
                 across threads by edge count; backward of sum/mean on the cached transpose (csrc/graph.cpp)
+    cuda        CuPy arrays: the same CSR kernels on the GPU, hub rows cut into chunks merged in order
+                (kernels/graph.cu, ops/graph/cuda.py); the Graph's CSR is copied to the device once
+Dispatch follows the array: NumPy inputs run on the CPU backends, CuPy (or torch CUDA) on cuda.
 """
 
 from __future__ import annotations
@@ -34,10 +37,10 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..._arrays import (Array, as_array, as_int, check_float, check_index, check_like, contiguous, device,
-                        wrap)
+                        wrap, xp)
 from ..._registry import dispatch, register
 from . import cpp, numba, reference
-from .structure import Csr, Graph
+from .structure import Csr, Graph, host
 
 REDUCES = ("sum", "mean", "max", "min")
 
@@ -55,10 +58,9 @@ def _graph(graph: Any) -> Csr:
     return graph._csr
 
 
-def _cpu_float(x: Array, name: str) -> None:
+def _float(x: Array, name: str) -> None:
+    """x is a floating array of a dtype its device's backends take (NumPy: cpu backends, CuPy: cuda)."""
     check_float(x, name)
-    if device(x) != "cpu":
-        raise ValueError(f"{name}: expected a CPU array (the graph ops run on the CPU backends)")
 
 
 # ---- aggregate ------------------------------------------------------------------------------
@@ -78,7 +80,7 @@ def aggregate_forward(graph: Graph, x: Any, reduce: str = "sum", edge_weight: An
     csr = _graph(graph)
     r = _reduce(reduce)
     xa = as_array(x, "x")
-    _cpu_float(xa, "x")
+    _float(xa, "x")
     if xa.ndim < 1 or xa.shape[0] != csr.n_src:
         raise ValueError(f"x: expected {csr.n_src} rows (num_nodes), got shape {tuple(xa.shape)}")
     w = None
@@ -95,7 +97,7 @@ def aggregate_forward(graph: Graph, x: Any, reduce: str = "sum", edge_weight: An
 def aggregate_csr(csr: Csr, x: Array, reduce: str, w: Array | None) -> tuple[Array, AggregateSaved]:
     """aggregate on a (possibly rectangular) Csr, inputs already checked: for the adapters (spmm)."""
     x2 = contiguous(x.reshape(x.shape[0], int(np.prod(x.shape[1:]))))
-    out = dispatch("aggregate", "forward", "cpu", csr, x2, w, reduce)
+    out = dispatch("aggregate", "forward", device(x2), csr, x2, w, reduce)
     saved = AggregateSaved(csr, x2, w, out if reduce in ("max", "min") else None, reduce, tuple(x.shape))
     return out.reshape((csr.n_dst,) + tuple(x.shape[1:])), saved
 
@@ -109,7 +111,7 @@ def aggregate_backward(grad_output: Any, saved: AggregateSaved) -> tuple[Any, An
     if tuple(g.shape) != want:
         raise ValueError(f"grad_output: expected shape {want}, got {tuple(g.shape)}")
     g2 = contiguous(g.reshape(csr.n_dst, x2.shape[1]))
-    dx, dw = dispatch("aggregate", "backward", "cpu", csr, g2, x2, w, out, r)
+    dx, dw = dispatch("aggregate", "backward", device(g2), csr, g2, x2, w, out, r)
     return wrap(dx.reshape(x_shape), grad_output), wrap(dw, grad_output)
 
 
@@ -138,9 +140,11 @@ def scatter_forward(src: Any, index: Any, dim: int = 0, dim_size: int | None = N
                     reduce: str = "sum") -> tuple[Any, ScatterSaved]:
     """(out, saved): scatter plus what scatter_backward needs."""
     s = as_array(src, "src")
-    _cpu_float(s, "src")
+    _float(s, "src")
     idx = as_array(index, "index")
     check_index(idx, "index")
+    if device(idx) != device(s):
+        raise ValueError(f"index: expected an array on the {device(s)} like src, got one on the {device(idx)}")
     r = _reduce(reduce)
     if idx.ndim != 1:
         raise ValueError(f"index: expected a 1-D array, got shape {tuple(idx.shape)}")
@@ -151,7 +155,7 @@ def scatter_forward(src: Any, index: Any, dim: int = 0, dim_size: int | None = N
     n = s.shape[d]
     if idx.shape[0] != n:
         raise ValueError(f"index: expected {n} entries (src.shape[{d}]), got {idx.shape[0]}")
-    idx = np.ascontiguousarray(idx)
+    idx = host(idx)  # the CSR is built on the host, once (the cuda glue keeps device copies)
     if n and idx.min() < 0:
         p = int(np.flatnonzero(idx < 0)[0])
         raise IndexError(f"index: entry {p} is negative ({int(idx[p])})")
@@ -160,12 +164,13 @@ def scatter_forward(src: Any, index: Any, dim: int = 0, dim_size: int | None = N
         p = int(np.flatnonzero(idx >= size)[0])
         raise IndexError(f"index: entry {p} is {int(idx[p])}, out of range for dim_size={size}")
     csr = Csr(n, size, np.arange(n, dtype=idx.dtype), idx)
-    moved = np.moveaxis(s, d, 0)
+    m = xp(s)
+    moved = m.moveaxis(s, d, 0)
     s2 = contiguous(moved.reshape(n, int(np.prod(moved.shape[1:]))))
-    out = dispatch("scatter", "forward", "cpu", csr, s2, None, r)
-    res = np.moveaxis(out.reshape((size,) + moved.shape[1:]), 0, d)
+    out = dispatch("scatter", "forward", device(s2), csr, s2, None, r)
+    res = m.moveaxis(out.reshape((size,) + moved.shape[1:]), 0, d)
     saved = ScatterSaved(csr, s2, out if r in ("max", "min") else None, r, tuple(s.shape), d)
-    return wrap(np.ascontiguousarray(res), src), saved
+    return wrap(contiguous(res), src), saved
 
 
 def scatter_saved(src: Array, index: Array, dim: int, out: Array, reduce: str) -> ScatterSaved:
@@ -173,10 +178,11 @@ def scatter_saved(src: Array, index: Array, dim: int, out: Array, reduce: str) -
     r = _reduce(reduce)
     d = dim % src.ndim
     n, size = src.shape[d], out.shape[d]
-    idx = np.ascontiguousarray(index)
-    moved = np.moveaxis(src, d, 0)
+    idx = host(index)
+    m = xp(src)
+    moved = m.moveaxis(src, d, 0)
     s2 = contiguous(moved.reshape(n, int(np.prod(moved.shape[1:]))))
-    out2 = contiguous(np.moveaxis(out, d, 0).reshape(size, s2.shape[1])) if r in ("max", "min") else None
+    out2 = contiguous(m.moveaxis(out, d, 0).reshape(size, s2.shape[1])) if r in ("max", "min") else None
     return ScatterSaved(Csr(n, size, np.arange(n, dtype=idx.dtype), idx), s2, out2, r, tuple(src.shape), d)
 
 
@@ -188,10 +194,11 @@ def scatter_backward(grad_output: Any, saved: ScatterSaved) -> tuple[Any]:
     want = src_shape[:d] + (csr.n_dst,) + src_shape[d + 1:]
     if tuple(g.shape) != want:
         raise ValueError(f"grad_output: expected shape {want}, got {tuple(g.shape)}")
-    g2 = contiguous(np.moveaxis(g, d, 0).reshape(csr.n_dst, s2.shape[1]))
-    ds, _ = dispatch("scatter", "backward", "cpu", csr, g2, s2, None, out, r)
+    m = xp(g)
+    g2 = contiguous(m.moveaxis(g, d, 0).reshape(csr.n_dst, s2.shape[1]))
+    ds, _ = dispatch("scatter", "backward", device(g2), csr, g2, s2, None, out, r)
     moved_shape = (src_shape[d],) + src_shape[:d] + src_shape[d + 1:]
-    return (wrap(np.ascontiguousarray(np.moveaxis(ds.reshape(moved_shape), 0, d)), grad_output),)
+    return (wrap(contiguous(m.moveaxis(ds.reshape(moved_shape), 0, d)), grad_output),)
 
 
 def scatter(src: Any, index: Any, dim: int = 0, dim_size: int | None = None, reduce: str = "sum") -> Any:
@@ -223,12 +230,12 @@ def sddmm_forward(graph: Graph, a: Any, b: Any) -> tuple[Any, SddmmSaved]:
     """(out, saved): sddmm plus what sddmm_backward needs."""
     csr = _graph(graph)
     aa, ba = as_array(a, "a"), as_array(b, "b")
-    _cpu_float(aa, "a")
+    _float(aa, "a")
     check_like(ba, "b", aa, "a")
     a3, b3 = _heads(aa, "a", csr.n_src), _heads(ba, "b", csr.n_dst)
     if a3.shape != b3.shape:
         raise ValueError(f"b: expected the shape of a {tuple(aa.shape)}, got {tuple(ba.shape)}")
-    out = dispatch("sddmm", "forward", "cpu", csr, a3, b3)
+    out = dispatch("sddmm", "forward", device(a3), csr, a3, b3)
     return wrap(out if aa.ndim == 3 else out[:, 0], a), SddmmSaved(csr, a3, b3, aa.ndim == 3)
 
 
@@ -241,7 +248,7 @@ def sddmm_backward(grad_output: Any, saved: SddmmSaved) -> tuple[Any, Any]:
     if tuple(g.shape) != want:
         raise ValueError(f"grad_output: expected shape {want}, got {tuple(g.shape)}")
     g2 = contiguous(g if heads else g[:, None])
-    da, db = dispatch("sddmm", "backward", "cpu", csr, g2, a3, b3)
+    da, db = dispatch("sddmm", "backward", device(g2), csr, g2, a3, b3)
     if not heads:
         da, db = da[:, 0], db[:, 0]
     return wrap(da, grad_output), wrap(db, grad_output)
@@ -265,12 +272,12 @@ def edge_softmax_forward(graph: Graph, scores: Any) -> tuple[Any, EdgeSoftmaxSav
     """(out, saved): edge_softmax plus what edge_softmax_backward needs."""
     csr = _graph(graph)
     s = as_array(scores, "scores")
-    _cpu_float(s, "scores")
+    _float(s, "scores")
     if s.ndim not in (1, 2) or s.shape[0] != csr.num_edges:
         raise ValueError(f"scores: expected shape ({csr.num_edges},) or ({csr.num_edges}, H) (one row per edge), "
                          f"got {tuple(s.shape)}")
     s2 = contiguous(s if s.ndim == 2 else s[:, None])
-    y = dispatch("edge_softmax", "forward", "cpu", csr, s2)
+    y = dispatch("edge_softmax", "forward", device(s2), csr, s2)
     return wrap(y if s.ndim == 2 else y[:, 0], scores), EdgeSoftmaxSaved(csr, y, s.ndim == 2)
 
 
@@ -282,7 +289,7 @@ def edge_softmax_backward(grad_output: Any, saved: EdgeSoftmaxSaved) -> tuple[An
     want = y.shape if heads else (y.shape[0],)
     if tuple(g.shape) != tuple(want):
         raise ValueError(f"grad_output: expected shape {tuple(want)}, got {tuple(g.shape)}")
-    ds = dispatch("edge_softmax", "backward", "cpu", csr, contiguous(g if heads else g[:, None]), y)
+    ds = dispatch("edge_softmax", "backward", device(y), csr, contiguous(g if heads else g[:, None]), y)
     return (wrap(ds if heads else ds[:, 0], grad_output),)
 
 
@@ -320,6 +327,10 @@ register("edge_softmax", "forward", "numba", "csr", numba.edge_softmax_forward_n
 register("edge_softmax", "backward", "numba", "csr", numba.edge_softmax_backward_numba, default=True)
 register("edge_softmax", "forward", "cpp", "csr", cpp.edge_softmax_forward_cpp, default=True)
 register("edge_softmax", "backward", "cpp", "csr", cpp.edge_softmax_backward_cpp, default=True)
+# CUDA (kernels/graph.cu through ops/graph/cuda.py, variant "csr"): the glue imports no CuPy
+# until a kernel runs, so this registers without CuPy too (dispatch only reaches it for CuPy arrays)
+from . import cuda as _cuda_glue  # noqa: E402
+_cuda_glue.register_all()
 
 __all__ = ["Graph", "aggregate", "aggregate_forward", "aggregate_backward", "AggregateSaved", "scatter",
            "scatter_forward", "scatter_backward", "ScatterSaved", "sddmm", "sddmm_forward", "sddmm_backward",

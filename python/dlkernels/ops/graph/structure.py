@@ -7,6 +7,11 @@ position back to the user's edge id (so edge_weight and per-edge outputs stay in
 edge order). The backward passes of sum/mean/sddmm reduce over the outgoing edges of a
 source instead: the transpose (CSR by source) is built once, on first use, and cached.
 
+A Graph may be built from host or device (CuPy, or torch CUDA through DLPack) indices: the
+CSR is always built and kept on the host, once; the CUDA glue (ops/graph/cuda.py) copies it
+to each device on first use and keeps the copies with the Csr (so x on the CPU or on any GPU
+works with the same Graph).
+
 Construction validates every index (first bad edge reported by position) so no kernel ever
 reads out of range; it is a counting sort, O(V + E) (C++ when built, else NumPy).
 
@@ -22,6 +27,13 @@ import numpy as np
 
 from ... import _cpp
 from ..._arrays import as_array, as_int, check_index, device
+
+
+def host(a: Any) -> np.ndarray:
+    """a C-contiguous NumPy copy of a device (CuPy) array, or the NumPy array itself (contiguous)."""
+    if device(a) == "cuda":
+        return a.get()
+    return np.ascontiguousarray(a)
 
 
 def _group_by(key: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -123,11 +135,10 @@ class Graph:
 
     def __init__(self, edge_index: Any, num_nodes: int | None = None):
         ei = as_array(edge_index, "edge_index")
-        if device(ei) != "cpu":
-            raise ValueError("edge_index: expected a CPU array (the graph ops run on the CPU backends)")
         check_index(ei, "edge_index")
         if ei.ndim != 2 or ei.shape[0] != 2:
             raise ValueError(f"edge_index: expected shape (2, E), got {tuple(ei.shape)}")
+        ei = host(ei)  # a device edge_index is copied to the host once: the CSR lives there
         src, dst = np.ascontiguousarray(ei[0]), np.ascontiguousarray(ei[1])
         if num_nodes is None:
             if src.shape[0] and (src.min() < 0 or dst.min() < 0):
@@ -149,7 +160,7 @@ class Graph:
             raise ValueError(f"indptr: expected shape ({V + 1},) (num_nodes + 1), got {tuple(ip.shape)}")
         if ix.ndim != 1:
             raise ValueError(f"indices: expected a 1-D array, got shape {tuple(ix.shape)}")
-        ip = np.ascontiguousarray(ip, dtype=np.int64)
+        ip = host(ip).astype(np.int64, copy=False)
         if ip[0] != 0 or ip[-1] != ix.shape[0]:
             raise ValueError(f"indptr: expected indptr[0] == 0 and indptr[-1] == len(indices) = {ix.shape[0]}, "
                              f"got {int(ip[0])} and {int(ip[-1])}")
@@ -157,7 +168,7 @@ class Graph:
         if drop.any():
             raise ValueError(f"indptr: expected non-decreasing offsets, but indptr[{int(np.flatnonzero(drop)[0]) + 1}]"
                              " is smaller than the one before it")
-        ix = np.ascontiguousarray(ix)
+        ix = host(ix)
         dst = np.repeat(np.arange(V, dtype=ix.dtype), np.diff(ip))
         _check_edges(ix, dst, V, V, "indices")
         g = cls.__new__(cls)
