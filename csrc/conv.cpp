@@ -149,6 +149,15 @@ int64_t chunk_cols(int64_t CRS) {
   return std::max<int64_t>(128, std::min<int64_t>(4096, budget / std::max<int64_t>(CRS, 1)));
 }
 
+// Splits PQ output positions into near-equal chunks of at most about cols, in multiples of 48
+// (whole register tiles of gemm's micro-kernels) where the chunks are long enough.
+inline int64_t chunk_len(int64_t PQ, int64_t cols) {
+  const int64_t nch = (PQ + cols - 1) / cols;
+  int64_t len = (PQ + nch - 1) / nch;
+  if (nch > 1 && len >= 96) len = (len + 47) / 48 * 48;
+  return std::max<int64_t>(1, len);
+}
+
 // A block of output columns: samples [n0, n0 + nb) whole when nb > 1, else positions
 // [j0, j1) of sample n0.
 struct Block {
@@ -163,35 +172,34 @@ void make_blocks(int64_t n_begin, int64_t n_end, int64_t PQ, int64_t cols, std::
     for (int64_t n = n_begin; n < n_end; n += nb)
       out.push_back({n, std::min(nb, n_end - n), 0, PQ});
   } else {
-    const int64_t nch = (PQ + cols - 1) / cols;  // near-equal chunks
+    const int64_t clen = chunk_len(PQ, cols);
     for (int64_t n = n_begin; n < n_end; ++n)
-      for (int64_t c = 0; c < nch; ++c) out.push_back({n, 1, PQ * c / nch, PQ * (c + 1) / nch});
+      for (int64_t j = 0; j < PQ; j += clen) out.push_back({n, 1, j, std::min(PQ, j + clen)});
   }
 }
 
 // ---- im2col forward -------------------------------------------------------------------------
 //
-// Per block and group: out[j, k] = sum_crs col[crs, j] * W_g[k, crs], i.e. gemm with
-// A = col^T (read with strides (1, ld)) and B = W_g^T packed once per call, then out is
-// transposed into y with the bias. Putting the many output positions on gemm's M side and the
-// filters on N keeps the register tiles full and lets the filters be packed only once.
+// Per block and group: y_g[Kg, cols] = W_g[Kg, CRS] @ col[CRS, cols], one gemm written
+// straight into y (through a scratch buffer when several samples share the gemm), then bias.
+// (The other orientation, col^T @ W^T with the filters packed once by gemm_pack_b, needs a
+// transpose of the output and measured no faster: the filters are a small part of the traffic.)
 
 template <typename T>
-void fwd_block(const ConvShape& s, const T* x, const T* packed_w, int64_t packed_size, const T* b,
-               T* y, const Block& blk, std::vector<char>& colbuf, std::vector<char>& outbuf,
-               bool parallel) {
+void fwd_block(const ConvShape& s, const T* x, const T* w, const T* b, T* y, const Block& blk,
+               std::vector<char>& colbuf, std::vector<char>& outbuf, bool parallel) {
   const int64_t G = s.groups, Cg = s.C / G, Kg = s.K / G, PQ = s.P * s.Q;
   const int64_t CRS = Cg * s.R * s.S, HW = s.H * s.W;
   const int64_t len = blk.nb > 1 ? blk.nb * PQ : blk.j1 - blk.j0;
-  T* col = grow<T>(colbuf, CRS * len);
-  T* out = grow<T>(outbuf, len * Kg);
   const bool pointwise = is_pointwise(s);
+  T* col = pointwise && blk.nb == 1 ? nullptr : grow<T>(colbuf, CRS * len);
+  T* out = blk.nb > 1 ? grow<T>(outbuf, len * Kg) : nullptr;
   for (int64_t g = 0; g < G; ++g) {
-    const T* A;
-    int64_t csa;
-    if (pointwise && blk.nb == 1) {
-      A = x + (blk.n0 * s.C + g * Cg) * HW + blk.j0;
-      csa = HW;
+    const T* B;  // the columns, B[crs, j] = B[crs * ldb + j]
+    int64_t ldb;
+    if (!col) {  // 1x1, stride 1, no padding: the input is its own column matrix
+      B = x + (blk.n0 * s.C + g * Cg) * HW + blk.j0;
+      ldb = HW;
     } else {
       if (blk.nb > 1) {
         for (int64_t i = 0; i < blk.nb; ++i)
@@ -199,41 +207,30 @@ void fwd_block(const ConvShape& s, const T* x, const T* packed_w, int64_t packed
       } else {
         im2col(s, x + (blk.n0 * s.C + g * Cg) * HW, Cg, blk.j0, blk.j1, col, len);
       }
-      A = col;
-      csa = len;
+      B = col;
+      ldb = len;
     }
-    gemm_prepacked_b<T>(len, Kg, CRS, A, 1, csa, packed_w + g * packed_size, out, Kg, false,
-                        parallel);
-    // transpose out[len, Kg] into y, in tiles that stay in L1
-    constexpr int64_t TI = 64;
-    for (int64_t i0 = 0; i0 < len; i0 += TI) {
-      const int64_t i1 = std::min(len, i0 + TI);
-      for (int64_t k = 0; k < Kg; ++k) {
-        const T bk = b ? b[g * Kg + k] : T(0);
-        for (int64_t i = i0; i < i1;) {
-          // the run of positions of one sample inside [i, i1)
-          const int64_t n = blk.nb > 1 ? blk.n0 + i / PQ : blk.n0;
-          const int64_t j = blk.nb > 1 ? i % PQ : blk.j0 + i;
-          const int64_t run = std::min(i1 - i, PQ - j);
-          T* yr = y + ((n * s.K + g * Kg + k) * PQ + j);
-          const T* o = out + (i * Kg + k);
-          for (int64_t u = 0; u < run; ++u) yr[u] = o[u * Kg] + bk;
-          i += run;
+    const T* wg = w + g * Kg * CRS;
+    if (blk.nb == 1) {
+      T* yg = y + ((blk.n0 * s.K + g * Kg) * PQ + blk.j0);
+      gemm<T>(Kg, len, CRS, wg, CRS, 1, B, ldb, 1, yg, PQ, false, parallel);
+      if (b)
+        for (int64_t k = 0; k < Kg; ++k) {
+          const T bk = b[g * Kg + k];
+          T* yr = yg + k * PQ;
+          for (int64_t u = 0; u < len; ++u) yr[u] += bk;
         }
-      }
+    } else {
+      gemm<T>(Kg, len, CRS, wg, CRS, 1, B, ldb, 1, out, len, false, parallel);
+      for (int64_t i = 0; i < blk.nb; ++i)
+        for (int64_t k = 0; k < Kg; ++k) {
+          const T bk = b ? b[g * Kg + k] : T(0);
+          T* yr = y + ((blk.n0 + i) * s.K + g * Kg + k) * PQ;
+          const T* o = out + (k * len + i * PQ);
+          for (int64_t u = 0; u < PQ; ++u) yr[u] = o[u] + bk;
+        }
     }
   }
-}
-
-// Packs W_g^T (CRS x Kg) of every group for gemm_prepacked_b.
-template <typename T>
-std::vector<T> pack_weights_t(const ConvShape& s, const T* w, int64_t& packed_size) {
-  const int64_t G = s.groups, Kg = s.K / G, CRS = (s.C / G) * s.R * s.S;
-  packed_size = gemm_packed_b_size<T>(CRS, Kg);
-  std::vector<T> packed((size_t)std::max<int64_t>(1, packed_size * G));
-  for (int64_t g = 0; g < G; ++g)
-    gemm_pack_b<T>(CRS, Kg, w + g * Kg * CRS, 1, CRS, packed.data() + g * packed_size);
-  return packed;
 }
 
 }  // namespace
@@ -249,8 +246,6 @@ void conv2d_forward_im2col(const ConvShape& s, const T* x, const T* w, const T* 
         std::fill(y + (n * s.K + k) * PQ, y + (n * s.K + k + 1) * PQ, b ? b[k] : T(0));
     return;
   }
-  int64_t psize = 0;
-  const std::vector<T> packed = pack_weights_t(s, w, psize);
   std::vector<Block> blocks;
   make_blocks(0, s.N, PQ, chunk_cols<T>(CRS), blocks);
   const int64_t nblk = (int64_t)blocks.size();
@@ -263,12 +258,12 @@ void conv2d_forward_im2col(const ConvShape& s, const T* x, const T* w, const T* 
       int64_t b0, e0;
       split(nblk, nt, thread_id(), b0, e0);
       for (int64_t i = b0; i < e0; ++i)
-        fwd_block(s, x, packed.data(), psize, b, y, blocks[(size_t)i], colbuf, outbuf, false);
+        fwd_block(s, x, w, b, y, blocks[(size_t)i], colbuf, outbuf, false);
     }
   } else {
     std::vector<char> colbuf, outbuf;
     for (const Block& blk : blocks)
-      fwd_block(s, x, packed.data(), psize, b, y, blk, colbuf, outbuf, !in_parallel());
+      fwd_block(s, x, w, b, y, blk, colbuf, outbuf, !in_parallel());
   }
 }
 
@@ -287,8 +282,7 @@ void bwd_sample(const ConvShape& s, const T* dy, const T* x, const T* w, T* dx, 
   const int64_t G = s.groups, Cg = s.C / G, Kg = s.K / G, PQ = s.P * s.Q;
   const int64_t CRS = Cg * s.R * s.S, HW = s.H * s.W;
   const bool pointwise = is_pointwise(s);
-  const int64_t cols = chunk_cols<T>(CRS);
-  const int64_t nch = pointwise ? 1 : (PQ + cols - 1) / cols;
+  const int64_t clen = pointwise ? std::max<int64_t>(PQ, 1) : chunk_len(PQ, chunk_cols<T>(CRS));
   if (dx && !pointwise) std::memset(dx + n * s.C * HW, 0, sizeof(T) * s.C * HW);
   for (int64_t g = 0; g < G; ++g) {
     const T* dyg = dy + (n * s.K + g * Kg) * PQ;
@@ -304,8 +298,8 @@ void bwd_sample(const ConvShape& s, const T* dy, const T* x, const T* w, T* dx, 
     if (!dwp && !dx) continue;
     const T* wg = w + g * Kg * CRS;
     T* dxg = dx ? dx + (n * s.C + g * Cg) * HW : nullptr;
-    for (int64_t ch = 0; ch < nch; ++ch) {
-      const int64_t j0 = PQ * ch / nch, j1 = PQ * (ch + 1) / nch, len = j1 - j0;
+    for (int64_t j0 = 0; j0 < PQ; j0 += clen) {
+      const int64_t j1 = std::min(PQ, j0 + clen), len = j1 - j0;
       if (dwp) {
         const T* B;
         int64_t csb;
