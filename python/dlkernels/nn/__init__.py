@@ -5,6 +5,7 @@
     model.backward(loss_fn.backward())   # hand-written backward; accumulates .grad
 """
 
+from .attention import MultiheadAttention
 from .graph import GATConv, GraphConv, SAGEConv
 from .layers import Conv1d, Conv2d, Flatten, Linear, MaxPool2d, ReLU
 from .lstm import LSTM, LSTMCell
@@ -13,4 +14,4 @@ from .module import Module, Parameter, Sequential, manual_seed
 
 __all__ = ["Module", "Parameter", "Sequential", "manual_seed", "Linear", "Conv1d", "Conv2d", "MaxPool2d",
            "ReLU", "Flatten", "LSTMCell", "LSTM", "MSELoss", "CrossEntropyLoss", "GraphConv",
-           "SAGEConv", "GATConv"]
+           "SAGEConv", "GATConv", "MultiheadAttention"]
