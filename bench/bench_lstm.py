@@ -2,7 +2,6 @@
 
 import pytest
 from conftest import params, run_case
-
 from dlkernels.benchmarks import lstm
 
 

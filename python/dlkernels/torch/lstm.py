@@ -9,7 +9,7 @@ direction; a reverse direction reads each sequence backwards within its own leng
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
@@ -24,8 +24,8 @@ def _arrays(*pairs):
 
 @torch.library.custom_op("dlkernels::lstm", mutates_args=())
 def _lstm(x: torch.Tensor, hx: torch.Tensor, cx: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor,
-          b_ih: Optional[torch.Tensor], b_hh: Optional[torch.Tensor], w_hr: Optional[torch.Tensor],
-          lengths: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+          b_ih: torch.Tensor | None, b_hh: torch.Tensor | None, w_hr: torch.Tensor | None,
+          lengths: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(y (T, B, P), h_n, c_n, gates (T, B, 4H), c (T, B, H)); x is time-major."""
     b = None
     if b_ih is not None or b_hh is not None:
@@ -47,8 +47,8 @@ def _(x, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, lengths):
 
 @torch.library.custom_op("dlkernels::lstm_backward", mutates_args=())
 def _lstm_backward(dy: torch.Tensor, dh_n: torch.Tensor, dc_n: torch.Tensor, x: torch.Tensor, hx: torch.Tensor,
-                   cx: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, w_hr: Optional[torch.Tensor],
-                   lengths: Optional[torch.Tensor], gates: torch.Tensor, c: torch.Tensor, y: torch.Tensor
+                   cx: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, w_hr: torch.Tensor | None,
+                   lengths: torch.Tensor | None, gates: torch.Tensor, c: torch.Tensor, y: torch.Tensor
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                               torch.Tensor]:
     """(dx, dhx, dcx, dw_ih, dw_hh, db, dw_hr); dw_hr has 0 elements without w_hr."""
@@ -93,7 +93,7 @@ _lstm.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _check(input: torch.Tensor, hx: torch.Tensor, cx: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor,
-           b_ih: Optional[torch.Tensor], b_hh: Optional[torch.Tensor], w_hr: Optional[torch.Tensor]) -> None:
+           b_ih: torch.Tensor | None, b_hh: torch.Tensor | None, w_hr: torch.Tensor | None) -> None:
     B.check_tensor(input, "input")
     for t, n in ((hx, "hx"), (cx, "cx"), (w_ih, "w_ih"), (w_hh, "w_hh"), (b_ih, "b_ih"), (b_hh, "b_hh"),
                  (w_hr, "w_hr")):
@@ -109,8 +109,8 @@ def _check(input: torch.Tensor, hx: torch.Tensor, cx: torch.Tensor, w_ih: torch.
 
 
 def lstm_layer(input: torch.Tensor, hx: torch.Tensor, cx: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor,
-               b_ih: Optional[torch.Tensor] = None, b_hh: Optional[torch.Tensor] = None,
-               w_hr: Optional[torch.Tensor] = None, lengths: Optional[torch.Tensor] = None
+               b_ih: torch.Tensor | None = None, b_hh: torch.Tensor | None = None,
+               w_hr: torch.Tensor | None = None, lengths: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """One layer, one direction, time-major input (T, B, I): dlkernels.lstm for torch tensors."""
     _check(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr)
@@ -122,8 +122,8 @@ def lstm_layer(input: torch.Tensor, hx: torch.Tensor, cx: torch.Tensor, w_ih: to
     return y, (h, c)
 
 
-def lstm_cell(input: torch.Tensor, hx: Optional[torch.Tensor], cx: Optional[torch.Tensor], w_ih: torch.Tensor,
-              w_hh: torch.Tensor, b_ih: Optional[torch.Tensor] = None, b_hh: Optional[torch.Tensor] = None
+def lstm_cell(input: torch.Tensor, hx: torch.Tensor | None, cx: torch.Tensor | None, w_ih: torch.Tensor,
+              w_hh: torch.Tensor, b_ih: torch.Tensor | None = None, b_hh: torch.Tensor | None = None
               ) -> tuple[torch.Tensor, torch.Tensor]:
     """dlkernels.lstm_cell for torch tensors: one torch.nn.LSTMCell step, (h, c); input (B, I) or (I,)."""
     unbatched = input.dim() == 1
@@ -141,12 +141,12 @@ def lstm_cell(input: torch.Tensor, hx: Optional[torch.Tensor], cx: Optional[torc
 class LSTMCell(torch.nn.LSTMCell):
     """torch.nn.LSTMCell whose forward runs dlkernels; same parameters, same state_dict."""
 
-    def forward(self, input: torch.Tensor, hx: Optional[tuple[torch.Tensor, torch.Tensor]] = None):
+    def forward(self, input: torch.Tensor, hx: tuple[torch.Tensor, torch.Tensor] | None = None):
         h0, c0 = (None, None) if hx is None else hx
         return lstm_cell(input, h0, c0, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
 
 
-def _reverse_index(T: int, Bn: int, lengths: Optional[torch.Tensor], device: Any) -> torch.Tensor:
+def _reverse_index(T: int, Bn: int, lengths: torch.Tensor | None, device: Any) -> torch.Tensor:
     """(T, B) time index reversing each sequence within its own length."""
     t = torch.arange(T, device=device)[:, None]
     if lengths is None:
@@ -160,8 +160,8 @@ class LSTM(torch.nn.LSTM):
     proj_size); loads a torch.nn.LSTM state_dict unchanged. Accepts a PackedSequence as torch's does,
     and also padded input with `lengths` (any order)."""
 
-    def forward(self, input: Any, hx: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
-                lengths: Optional[torch.Tensor] = None):
+    def forward(self, input: Any, hx: tuple[torch.Tensor, torch.Tensor] | None = None,
+                lengths: torch.Tensor | None = None):
         packed = isinstance(input, PackedSequence)
         if packed:
             x, lengths = pad_packed_sequence(input)  # (T, B, I), original batch order
