@@ -11,11 +11,12 @@
 //   diagonal are never visited. The row log-sum-exp m + log l is saved (+inf: fully masked).
 // forward (rows): L <= ROWS_MAX_L (decoding): one task per query row streams over the keys,
 //   dot products along E, the same online softmax, O += p v: keys and values are read once.
-// backward: one task per key head (no two tasks write the same dq, dk or dv: no races,
-//   bitwise repeatable). For each key block j (packed once), for each output head z that reads
-//   this key head and each query block i: S = Q Kᵀ, P = exp(S - lse), dP = dO Vᵀ,
-//   dS = P * (dP * drop - D) with D = rowsum(dO * O), then dV_j += P~ᵀ dO, dQ_i += scale dS K_j,
-//   dK_j += scale dSᵀ Q_i.
+// backward: D = rowsum(dO * O) first; then per tile S = Q Kᵀ, P = exp(S - lse), dP = dO Vᵀ,
+//   dS = P * (dP * drop - D), dV_j += P~ᵀ dO, dK_j += scale dSᵀ Q_i, dQ_i += scale dS K_j. No two
+//   tasks write the same block (no atomics, no races); with many key heads one task per key
+//   head does all five products, with few a two-pass schedule splits the work finer: tasks
+//   (key head, key block) for dK, dV, then tasks (head, query block) for dQ (S and dP are
+//   recomputed). Both sum every block in the same order: bitwise repeatable at any thread count.
 // Dropout: the counter-based generator of python/dlkernels/ops/attention/common.py.
 #include "dlk.h"
 #include "kernels.h"
@@ -210,7 +211,8 @@ void forward_flash(const Ctx<T>& c, const T* q, const T* k, const T* v, const in
   const int64_t nkb = (S + BC - 1) / BC, nqb = (L + BR - 1) / BR;
   const int64_t kblk = gemm_packed_b_size<T>(E, BC), vblk = gemm_packed_b_size<T>(BC, Ev);
   const T ninf = -std::numeric_limits<T>::infinity();
-#pragma omp parallel
+  const bool par = (double)a.Z * (double)L * (double)S * (double)(E + Ev) > 262144.0;
+#pragma omp parallel if (par)
   {
     // per thread: the packed keys and values of the key head it works on (O(S * E)), repacked
     // when its next task reads another head; no barriers between the tasks
@@ -291,7 +293,8 @@ void forward_rows(const Ctx<T>& c, const T* q, const T* k, const T* v, const int
   constexpr int64_t BC = 256;
   const int64_t L = a.L, S = a.S, E = a.E, Ev = a.Ev;
   const T ninf = -std::numeric_limits<T>::infinity();
-#pragma omp parallel
+  const bool par = (double)a.Z * (double)L * (double)S * (double)(E + Ev) > 262144.0;
+#pragma omp parallel if (par)
   {
     std::vector<T> st((size_t)BC), acc((size_t)Ev);
 #pragma omp for schedule(dynamic, 1)
@@ -349,84 +352,151 @@ void attention_forward(const AttnShape& a, const T* q, const T* k, const T* v,
   else forward_flash(c, q, k, v, kv_index, out, lse);
 }
 
+namespace {
+
 // ---- backward ------------------------------------------------------------------------------
+// One tile (z; rows i0..i0+br; keys j0..j0+bc): st <- P~ (dropped, rescaled probabilities),
+// dp <- scale * dS, with S = Q Kᵀ (kpack: Kᵀ_j packed), dP = dO Vᵀ (vpack: Vᵀ_j packed),
+// P = exp(S - lse), dS = P * (dP * drop - D). Writes dmask's (unscaled) dS when asked.
+template <typename T>
+void backward_tile(const Ctx<T>& c, int64_t z, int64_t i0, int64_t br, int64_t j0, int64_t bc,
+                   const T* kpack, const T* vpack, const T* q, const T* dout, const T* lse,
+                   const T* D, T* st, T* dp, T* dmask) {
+  const AttnShape& a = c.a;
+  constexpr int64_t BC = Blocks<T>::BC;
+  const int64_t L = a.L, S = a.S, E = a.E, Ev = a.Ev;
+  const T scale = (T)a.scale;
+  mm_packed<T>(br, bc, E, q + (z * L + i0) * E, E, 1, kpack, st, BC, false);
+  mm_packed<T>(br, bc, Ev, dout + (z * L + i0) * Ev, Ev, 1, vpack, dp, BC, false);
+  for (int64_t r = 0; r < br; ++r) {
+    const int64_t i = i0 + r;
+    T* s = st + r * BC;
+    T* g = dp + r * BC;
+    prep_row(c, s, bc, z, i, j0);
+    const T lr = lse[z * L + i];
+    if (lr == std::numeric_limits<T>::infinity()) {  // fully masked row: no gradient
+      std::fill(s, s + bc, T(0));
+      std::fill(g, g + bc, T(0));
+    } else {
+      exp_row(s, bc, lr);  // P = exp(s - lse)
+      const T Di = D[z * L + i];
+      if (a.dropout) {
+        const uint64_t base = ((uint64_t)z * (uint64_t)L + (uint64_t)i) * (uint64_t)S + (uint64_t)j0;
+        const T dsc = (T)a.dscale;
+        for (int64_t j = 0; j < bc; ++j) {
+          const T kf = keep(a.seed, a.threshold, base + (uint64_t)j) ? dsc : T(0);
+          const T p = s[j];
+          g[j] = p * (g[j] * kf - Di);  // dS
+          s[j] = p * kf;                // P~
+        }
+      } else {
+        for (int64_t j = 0; j < bc; ++j) g[j] = s[j] * (g[j] - Di);
+      }
+    }
+    if (dmask) std::copy(g, g + bc, dmask + (z * L + i) * S + j0);
+    for (int64_t j = 0; j < bc; ++j) g[j] *= scale;
+  }
+}
+
+template <typename T>
+void pack_kv(const AttnShape& a, const T* k, const T* v, int64_t zk, int64_t j0, int64_t bc, T* kpack,
+             T* vpack) {
+  gemm_pack_b<T>(a.E, bc, k + (zk * a.S + j0) * a.E, 1, a.E, kpack);     // Kᵀ_j
+  gemm_pack_b<T>(a.Ev, bc, v + (zk * a.S + j0) * a.Ev, 1, a.Ev, vpack);  // Vᵀ_j
+}
+
+// Every sum below runs in one fixed order, whichever thread runs it and whichever schedule is
+// chosen: dV_j, dK_j over (z ascending, query block ascending), dQ_i over key blocks ascending,
+// each a gemm accumulating into the zeroed block. So the fused and the two-pass schedules give
+// the same bits, at any thread count.
+//   fused (enough key heads for the threads): one task per key head, all five products.
+//   two-pass (fewer key heads): pass 1, tasks (key head, key block): dV_j, dK_j (four products);
+//     pass 2, tasks (head, query block): dQ_i (S and dP recomputed: three products).
+template <typename T>
+void backward_impl(const Ctx<T>& c, const T* dout, const T* q, const T* k, const T* v, const T* out,
+                   const T* lse, const int64_t* kv_index, T* dq, T* dk, T* dv, T* dmask) {
+  const AttnShape& a = c.a;
+  constexpr int64_t BR = Blocks<T>::BR, BC = Blocks<T>::BC;
+  const int64_t L = a.L, S = a.S, E = a.E, Ev = a.Ev;
+  const int64_t nkb = (S + BC - 1) / BC, nqb = (L + BR - 1) / BR;
+  const double work = (double)a.Z * (double)L * (double)S * (double)(E + Ev);
+  const bool par = work > 262144.0;  // small problems: no thread team
+  const int nthreads = par ? omp_get_max_threads() : 1;
+  const bool fused = a.Zk >= 2 * (int64_t)nthreads;
+  std::vector<T> D((size_t)(a.Z * L));  // D = rowsum(dO * O)
+#pragma omp parallel for schedule(static) if (par)
+  for (int64_t zi = 0; zi < a.Z * L; ++zi) D[zi] = dot(dout + zi * Ev, out + zi * Ev, Ev);
+  const size_t kps = (size_t)gemm_packed_b_size<T>(E, BC), vps = (size_t)gemm_packed_b_size<T>(Ev, BC);
+  // pass 1 (and, fused, the whole backward)
+#pragma omp parallel if (par)
+  {
+    std::vector<T> st((size_t)(BR * BC)), dp((size_t)(BR * BC)), kpack(kps), vpack(vps);
+    const int64_t ntask = fused ? a.Zk : a.Zk * nkb;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < ntask; ++t) {
+      const int64_t zk = fused ? t : t / nkb;
+      const int64_t jb_lo = fused ? 0 : t % nkb, jb_hi = fused ? nkb : jb_lo + 1;
+      for (int64_t jb = jb_lo; jb < jb_hi; ++jb) {
+        const int64_t j0 = jb * BC, bc = std::min(BC, S - j0);
+        std::fill(dk + (zk * S + j0) * E, dk + (zk * S + j0 + bc) * E, T(0));
+        std::fill(dv + (zk * S + j0) * Ev, dv + (zk * S + j0 + bc) * Ev, T(0));
+      }
+      if (fused)
+        for (int64_t z = 0; z < a.Z; ++z)
+          if (kv_index[z] == zk) std::fill(dq + z * L * E, dq + (z + 1) * L * E, T(0));
+      for (int64_t jb = jb_lo; jb < jb_hi; ++jb) {
+        const int64_t j0 = jb * BC, bc = std::min(BC, S - j0);
+        pack_kv(a, k, v, zk, j0, bc, kpack.data(), vpack.data());
+        for (int64_t z = 0; z < a.Z; ++z) {
+          if (kv_index[z] != zk) continue;
+          for (int64_t qb = 0; qb < nqb; ++qb) {
+            const int64_t i0 = qb * BR, br = std::min(BR, L - i0);
+            if (a.causal && j0 > i0 + br - 1) continue;  // tile entirely above the diagonal
+            backward_tile(c, z, i0, br, j0, bc, kpack.data(), vpack.data(), q, dout, lse, D.data(),
+                          st.data(), dp.data(), dmask);
+            // dV_j += P~ᵀ dO_i ; dK_j += dSᵀ Q_i ; (fused) dQ_i += dS K_j
+            mm<T>(bc, Ev, br, st.data(), 1, BC, dout + (z * L + i0) * Ev, Ev, 1, dv + (zk * S + j0) * Ev,
+                  Ev, true);
+            mm<T>(bc, E, br, dp.data(), 1, BC, q + (z * L + i0) * E, E, 1, dk + (zk * S + j0) * E, E, true);
+            if (fused)
+              mm<T>(br, E, bc, dp.data(), BC, 1, k + (zk * S + j0) * E, E, 1, dq + (z * L + i0) * E, E, true);
+          }
+        }
+      }
+    }
+  }
+  if (fused) return;
+  // pass 2: dQ_i = sum over key blocks of scale dS K_j
+#pragma omp parallel if (par)
+  {
+    std::vector<T> st((size_t)(BR * BC)), dp((size_t)(BR * BC)), kpack(kps), vpack(vps);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < a.Z * nqb; ++t) {
+      const int64_t z = t / nqb, qb = nqb - 1 - t % nqb;  // the longest causal rows first
+      const int64_t zk = kv_index[z];
+      const int64_t i0 = qb * BR, br = std::min(BR, L - i0);
+      std::fill(dq + (z * L + i0) * E, dq + (z * L + i0 + br) * E, T(0));
+      const int64_t nb = key_blocks(a, i0 + br, BC);
+      for (int64_t jb = 0; jb < nb; ++jb) {
+        const int64_t j0 = jb * BC, bc = std::min(BC, S - j0);
+        pack_kv(a, k, v, zk, j0, bc, kpack.data(), vpack.data());
+        backward_tile(c, z, i0, br, j0, bc, kpack.data(), vpack.data(), q, dout, lse, D.data(), st.data(),
+                      dp.data(), (T*)nullptr);
+        mm<T>(br, E, bc, dp.data(), BC, 1, k + (zk * S + j0) * E, E, 1, dq + (z * L + i0) * E, E, true);
+      }
+    }
+  }
+}
+
+}  // namespace
+
 template <typename T>
 void attention_backward(const AttnShape& a, const T* dout, const T* q, const T* k, const T* v,
                         const T* out, const T* lse, const int64_t* kv_index, const T* mask,
                         const int64_t* mask_off, int64_t mrs, int64_t mcs, T* dq, T* dk, T* dv,
                         T* dmask) {
   Ctx<T> c{a, mask, mask_off, mrs, mcs};
-  constexpr int64_t BR = Blocks<T>::BR, BC = Blocks<T>::BC;
-  const int64_t L = a.L, S = a.S, E = a.E, Ev = a.Ev;
-  const int64_t nkb = (S + BC - 1) / BC, nqb = (L + BR - 1) / BR;
-  const T scale = (T)a.scale;
-#pragma omp parallel
-  {
-    std::vector<T> st((size_t)(BR * BC)), dp((size_t)(BR * BC)), D((size_t)L);
-    std::vector<T> kpack((size_t)gemm_packed_b_size<T>(E, BC));
-    std::vector<T> vpack((size_t)gemm_packed_b_size<T>(Ev, BC));
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t zk = 0; zk < a.Zk; ++zk) {
-      std::fill(dk + zk * S * E, dk + (zk + 1) * S * E, T(0));
-      std::fill(dv + zk * S * Ev, dv + (zk + 1) * S * Ev, T(0));
-      for (int64_t z = 0; z < a.Z; ++z) {
-        if (kv_index[z] != zk) continue;
-        std::fill(dq + z * L * E, dq + (z + 1) * L * E, T(0));
-      }
-      for (int64_t jb = 0; jb < nkb; ++jb) {
-        const int64_t j0 = jb * BC, bc = std::min(BC, S - j0);
-        const T* kj = k + (zk * S + j0) * E;
-        const T* vj = v + (zk * S + j0) * Ev;
-        gemm_pack_b<T>(E, bc, kj, 1, E, kpack.data());   // Kᵀ_j
-        gemm_pack_b<T>(Ev, bc, vj, 1, Ev, vpack.data());  // Vᵀ_j
-        for (int64_t z = 0; z < a.Z; ++z) {
-          if (kv_index[z] != zk) continue;
-          for (int64_t i = 0; i < L; ++i)  // D = rowsum(dO * O), L * Ev work per key block
-            D[i] = dot(dout + (z * L + i) * Ev, out + (z * L + i) * Ev, Ev);
-          for (int64_t qb = 0; qb < nqb; ++qb) {
-            const int64_t i0 = qb * BR, br = std::min(BR, L - i0);
-            if (a.causal && j0 > i0 + br - 1) continue;  // tile entirely above the diagonal
-            const T* qi = q + (z * L + i0) * E;
-            const T* doi = dout + (z * L + i0) * Ev;
-            mm_packed<T>(br, bc, E, qi, E, 1, kpack.data(), st.data(), BC, false);
-            mm_packed<T>(br, bc, Ev, doi, Ev, 1, vpack.data(), dp.data(), BC, false);
-            for (int64_t r = 0; r < br; ++r) {
-              const int64_t i = i0 + r;
-              T* s = st.data() + r * BC;
-              T* g = dp.data() + r * BC;
-              prep_row(c, s, bc, z, i, j0);
-              const T lr = lse[z * L + i];
-              if (lr == std::numeric_limits<T>::infinity()) {
-                std::fill(s, s + bc, T(0));
-                std::fill(g, g + bc, T(0));
-              } else {
-                exp_row(s, bc, lr);  // P = exp(s - lse)
-                const T Di = D[i];
-                if (a.dropout) {
-                  const uint64_t base = ((uint64_t)z * (uint64_t)L + (uint64_t)i) * (uint64_t)S + (uint64_t)j0;
-                  const T dsc = (T)a.dscale;
-                  for (int64_t j = 0; j < bc; ++j) {
-                    const T kf = keep(a.seed, a.threshold, base + (uint64_t)j) ? dsc : T(0);
-                    const T p = s[j];
-                    g[j] = p * (g[j] * kf - Di);  // dS
-                    s[j] = p * kf;                // P~
-                  }
-                } else {
-                  for (int64_t j = 0; j < bc; ++j) g[j] = s[j] * (g[j] - Di);
-                }
-              }
-              if (dmask) std::copy(g, g + bc, dmask + (z * L + i) * S + j0);
-              for (int64_t j = 0; j < bc; ++j) g[j] *= scale;
-            }
-            // dV_j += P~ᵀ dO_i ; dK_j += dSᵀ Q_i ; dQ_i += dS K_j
-            mm<T>(bc, Ev, br, st.data(), 1, BC, doi, Ev, 1, dv + (zk * S + j0) * Ev, Ev, true);
-            mm<T>(bc, E, br, dp.data(), 1, BC, qi, E, 1, dk + (zk * S + j0) * E, E, true);
-            mm<T>(br, E, bc, dp.data(), BC, 1, kj, E, 1, dq + (z * L + i0) * E, E, true);
-          }
-        }
-      }
-    }
-  }
+  backward_impl(c, dout, q, k, v, out, lse, kv_index, dq, dk, dv, dmask);
 }
 
 #define DLK_ATTN_INSTANTIATE(T)                                                                \
