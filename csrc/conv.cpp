@@ -576,13 +576,23 @@ void conv2d_backward_depthwise(const ConvShape& s, const T* dy, const T* x, cons
     return conv2d_backward_im2col(s, dy, x, w, dx, dw, db);
   const int64_t m = s.K / s.C;
   const DwGeom g = dw_geom<T>(s);
+  // dx by gathering (stride 1, multiplier 1): dx is the forward depthwise convolution of dy
+  // with the flipped filters, padded by (R-1)*dh - pad_h on top (likewise left), with dx's
+  // size as the output. Each dx element is then written once instead of R*S read-modify-writes.
+  ConvShape t = s;
+  t.H = s.P, t.W = s.Q, t.P = s.H, t.Q = s.W;
+  t.pad_h = (s.R - 1) * s.dil_h - s.pad_h, t.pad_w = (s.S - 1) * s.dil_w - s.pad_w;
+  const bool gather = dx && m == 1 && s.stride_h == 1 && s.stride_w == 1 && t.pad_h >= 0 &&
+                      t.pad_w >= 0 && HW > 0;
+  const DwGeom gt = gather ? dw_geom<T>(t) : DwGeom{};
   // Parallel over channels: each thread owns whole channels, so dw and db need no reduction.
   const int nt = num_threads_for(s.C);
 #pragma omp parallel num_threads(nt)
   {
     constexpr int64_t V = simd<T>::width;
     const int64_t Qv = (s.Q + V - 1) / V * V;
-    std::vector<T> buf(dw ? (size_t)g.size : 0), dbuf(dx ? (size_t)g.size : 0);
+    std::vector<T> buf(dw ? (size_t)g.size : 0), dbuf(dx && !gather ? (size_t)g.size : 0);
+    std::vector<T> dybuf(gather ? (size_t)gt.size : 0), wflip(gather ? (size_t)RS : 0);
     std::vector<T> dyb((size_t)(s.P * Qv), T(0));  // tails stay zero
     std::vector<VBox<T>> accw((size_t)(RS * m));
     std::vector<VBox<T>> accb((size_t)m);
@@ -594,10 +604,18 @@ void conv2d_backward_depthwise(const ConvShape& s, const T* dy, const T* x, cons
       for (int64_t n = 0; n < s.N; ++n) {
         const T* xp = x + (n * s.C + c) * HW;
         if (dw) dw_fill(s, g, xp, buf.data());
-        if (dx) std::memset(dbuf.data(), 0, sizeof(T) * g.size);
+        if (dx && !gather) std::memset(dbuf.data(), 0, sizeof(T) * g.size);
+        if (gather) {  // m == 1: channel c's only output channel is k = c
+          for (int64_t u = 0; u < RS; ++u) wflip[(size_t)u] = w[c * RS + RS - 1 - u];
+          dw_fill(t, gt, dy + (n * s.K + c) * PQ, dybuf.data());
+          T* dxp = dx + (n * s.C + c) * HW;
+          if (RS == 9) dw_plane_fwd<T, 9>(t, gt, dybuf.data(), wflip.data(), T(0), dxp);
+          else dw_plane_fwd<T, 0>(t, gt, dybuf.data(), wflip.data(), T(0), dxp);
+        }
         for (int64_t j = 0; j < m; ++j) {
           const int64_t k = c * m + j;
           const T* dyp = dy + (n * s.K + k) * PQ;
+          if (!db && !dw && !(dx && !gather)) continue;
           for (int64_t p = 0; p < s.P; ++p)
             std::memcpy(dyb.data() + p * Qv, dyp + p * s.Q, sizeof(T) * s.Q);
           if (db) {
@@ -605,14 +623,14 @@ void conv2d_backward_depthwise(const ConvShape& s, const T* dy, const T* x, cons
             for (int64_t i = 0; i < s.P * Qv; i += V) a += vload(dyb.data() + i);
             accb[(size_t)j].v = a;
           }
-          if (!dw && !dx) continue;
+          if (!dw && !(dx && !gather)) continue;
           T* bp = dw ? buf.data() : nullptr;
-          T* dbp = dx ? dbuf.data() : nullptr;
+          T* dbp = dx && !gather ? dbuf.data() : nullptr;
           vec<T>* aw = &accw[(size_t)(j * RS)].v;
           if (RS == 9) dw_plane_bwd<T, 9>(s, g, dyb.data(), Qv, bp, dbp, w + k * RS, aw);
           else dw_plane_bwd<T, 0>(s, g, dyb.data(), Qv, bp, dbp, w + k * RS, aw);
         }
-        if (dx) {
+        if (dx && !gather) {
           T* dxp = dx + (n * s.C + c) * HW;
           const int64_t sw = s.stride_w;
           for (int64_t ih = 0; ih < s.H; ++ih) {
