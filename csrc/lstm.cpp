@@ -164,7 +164,8 @@ struct StepB {
     }
   }
 
-  void mul(int64_t M, const T* A, int64_t lda, T* C, int64_t ldc, bool accumulate) const {
+  void mul(int64_t M, const T* A, int64_t lda, T* C, int64_t ldc, bool accumulate,
+           bool parallel = true) const {
     if (M <= 0 || N <= 0) return;
     if (K <= 0) {
       if (!accumulate)
@@ -172,7 +173,7 @@ struct StepB {
       return;
     }
     if (!small || M > SMALL_M) {
-      gemm_prepacked_b<T>(M, N, K, A, lda, 1, buf.data(), C, ldc, accumulate, true);
+      gemm_prepacked_b<T>(M, N, K, A, lda, 1, buf.data(), C, ldc, accumulate, parallel);
       return;
     }
     constexpr int W = simd<T>::width;
@@ -198,16 +199,30 @@ inline bool running(const int64_t* lengths, int64_t t, int64_t b) {
   return lengths == nullptr || t < lengths[b];
 }
 
-// Splits rows [0, n) over the threads when the work is big enough; fn(row) is independent
-// per row, so the result does not depend on the split.
+// One time step's work on batch rows [b0, b1): fn(b0, b1, parallel_inside). With at least
+// ROWS_PER_THREAD rows per thread the batch is split across the threads and each runs its
+// rows' gemm and gate pass back to back, serially: one fork/join per step instead of one for
+// the gemm and one for the gates. Rows are independent and the gemm's result does not depend
+// on how M is split, so the result does not depend on the thread count.
+constexpr int64_t ROWS_PER_THREAD = 16;
+
 template <typename F>
-inline void for_rows(int64_t n, int64_t work_per_row, F fn) {
-  const bool par = !in_parallel() && max_threads() > 1 && n > 1 && n * work_per_row >= 16384;
-  if (par) {
-#pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < n; ++r) fn(r);
-  } else {
-    for (int64_t r = 0; r < n; ++r) fn(r);
+inline void step_rows(int64_t B, F fn) {
+  const int64_t nt = in_parallel() ? 1 : std::min<int64_t>(max_threads(), B / ROWS_PER_THREAD);
+  if (nt <= 1) {
+    fn(int64_t(0), B, true);
+    return;
+  }
+#pragma omp parallel num_threads((int)nt)
+  {
+#ifdef _OPENMP
+    const int64_t n = omp_get_num_threads();
+#else
+    const int64_t n = 1;
+#endif
+    const int64_t r = thread_id();
+    const int64_t b0 = B * r / n, b1 = B * (r + 1) / n;
+    fn(b0, b1, false);
   }
 }
 
@@ -297,13 +312,14 @@ void lstm_forward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const 
   for (int64_t t = 0; t < Tn; ++t) {
     T* z = gates + t * B * G;
     T* yt = y + t * B * P;
-    pk_hh.mul(B, h_n, P, z, G, true);
     // without a projection m is h: write it straight into y_t
     T* mt = proj ? m.data() : yt;
-    for_rows(B, 8 * H, [&](int64_t b) {
-      const bool run = running(lengths, t, b);
-      gates_forward_row<T>(H, z + b * G, bias, c_n + b * H, mt + b * H, run);
-      std::memcpy(cs + (t * B + b) * H, c_n + b * H, (size_t)H * sizeof(T));
+    step_rows(B, [&](int64_t b0, int64_t b1, bool par) {
+      pk_hh.mul(b1 - b0, h_n + b0 * P, P, z + b0 * G, G, true, par);
+      for (int64_t b = b0; b < b1; ++b) {
+        gates_forward_row<T>(H, z + b * G, bias, c_n + b * H, mt + b * H, running(lengths, t, b));
+        std::memcpy(cs + (t * B + b) * H, c_n + b * H, (size_t)H * sizeof(T));
+      }
     });
     const T* hnew = mt;
     if (proj) {
@@ -355,19 +371,20 @@ void lstm_backward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const
     }
     const T* cprev = t > 0 ? cs + (t - 1) * B * H : c0;
     T* mt = proj ? mall.data() + t * B * H : nullptr;
-    for_rows(B, 8 * H, [&](int64_t b) {
-      gates_backward_row<T>(H, gates + (t * B + b) * G, cs + (t * B + b) * H, cprev + b * H,
-                            dmt + b * H, dc0 + b * H, dzt + b * G, mt ? mt + b * H : nullptr,
-                            running(lengths, t, b));
+    step_rows(B, [&](int64_t b0, int64_t b1, bool par) {
+      for (int64_t b = b0; b < b1; ++b)
+        gates_backward_row<T>(H, gates + (t * B + b) * G, cs + (t * B + b) * H, cprev + b * H,
+                              dmt + b * H, dc0 + b * H, dzt + b * G, mt ? mt + b * H : nullptr,
+                              running(lengths, t, b));
+      if (lengths == nullptr) {
+        pk_hh.mul(b1 - b0, dzt + b0 * G, G, dh0 + b0 * P, P, false, par);
+      } else {
+        pk_hh.mul(b1 - b0, dzt + b0 * G, G, dhp.data() + b0 * P, P, false, par);
+        for (int64_t b = b0; b < b1; ++b)
+          if (running(lengths, t, b))
+            std::memcpy(dh0 + b * P, dhp.data() + b * P, (size_t)P * sizeof(T));
+      }
     });
-    if (lengths == nullptr) {
-      pk_hh.mul(B, dzt, G, dh0, P, false);
-    } else {
-      pk_hh.mul(B, dzt, G, dhp.data(), P, false);
-      for (int64_t b = 0; b < B; ++b)
-        if (running(lengths, t, b))
-          std::memcpy(dh0 + b * P, dhp.data() + b * P, (size_t)P * sizeof(T));
-    }
   }
   // the weight gradients and dX, each one gemm over all T*B rows
   gemm<T>(TB, I, G, dz.data(), G, 1, w_ih, I, 1, dx, I, false, true);          // dX = dZ W_ih

@@ -137,3 +137,28 @@ def test_cpp_larger_shape_matches_reference(dtype):
     tol = 1e-10 if dtype == "float64" else 2e-4
     for a, e in zip(res["cpp"], res["reference"]):
         np.testing.assert_allclose(a, e, atol=tol * max(1, np.abs(e).max()), rtol=0)
+
+
+def test_cpp_same_bits_at_any_thread_count():
+    """The batch split across threads (B >= 32) changes nothing: 1 and 2 threads give the same bits."""
+    from dlkernels import _cpp
+    from dlkernels.ops.lstm.cpp import lstm_backward_cpp, lstm_forward_cpp
+    rng = np.random.default_rng(0)
+    T, B, I, H = 5, 40, 9, 33
+    x = rng.standard_normal((T, B, I), dtype=np.float32)
+    h = rng.standard_normal((B, H), dtype=np.float32)
+    wi = (rng.standard_normal((4 * H, I)) * 0.2).astype(np.float32)
+    wh = (rng.standard_normal((4 * H, H)) * 0.2).astype(np.float32)
+    b = rng.standard_normal(4 * H).astype(np.float32)
+    L = rng.integers(0, T + 1, B)
+    before = _cpp._C.get_num_threads()
+    res = []
+    try:
+        for nt in (1, 2):
+            _cpp._C.set_num_threads(nt)
+            y, hn, cn, g, cs = lstm_forward_cpp(x, h, h, wi, wh, b, None, L)
+            res.append([y, hn, cn, *lstm_backward_cpp(y, h, h, x, h, h, wi, wh, None, L, g, cs, y)[:6]])
+    finally:
+        _cpp._C.set_num_threads(before)
+    for a, e in zip(*res):
+        np.testing.assert_array_equal(a, e)
