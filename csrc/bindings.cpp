@@ -8,6 +8,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <atomic>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -37,10 +38,22 @@ namespace {
 enum class Isa { scalar, avx2, avx512 };
 Isa g_isa = Isa::scalar;
 
-// Call fn from the chosen instruction set's namespace.
+// The thread count set by dlkernels.set_num_threads (0: OpenMP's default). OpenMP keeps the count
+// per calling thread, so every call applies it on the thread that makes it (any Python thread).
+std::atomic<int> g_threads{0};
+
+inline void apply_threads() {
+#ifdef _OPENMP
+  int n = g_threads.load(std::memory_order_relaxed);
+  if (n > 0 && omp_get_max_threads() != n) omp_set_num_threads(n);
+#endif
+}
+
+// Call fn from the chosen instruction set's namespace, on the chosen number of threads.
 #if DLK_HAVE_X86_ISAS
 #define DLK_CALL(fn, ...)                                                   \
   do {                                                                      \
+    apply_threads();                                                        \
     switch (g_isa) {                                                        \
       case Isa::avx512: dlk::avx512::fn(__VA_ARGS__); break;                \
       case Isa::avx2: dlk::avx2::fn(__VA_ARGS__); break;                    \
@@ -48,7 +61,11 @@ Isa g_isa = Isa::scalar;
     }                                                                       \
   } while (0)
 #else
-#define DLK_CALL(fn, ...) dlk::scalar::fn(__VA_ARGS__)
+#define DLK_CALL(fn, ...)     \
+  do {                        \
+    apply_threads();          \
+    dlk::scalar::fn(__VA_ARGS__); \
+  } while (0)
 #endif
 
 std::vector<std::string> supported_isas() {
@@ -583,15 +600,16 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_isa", &set_isa);
   m.def("get_isa", &get_isa);
   m.def("set_num_threads", [](int n) {
-#ifdef _OPENMP
-    omp_set_num_threads(n);
-#endif
+    if (n < 1) throw py::value_error("n: expected a thread count >= 1");
+    g_threads = n;
+    apply_threads();
   });
   m.def("get_num_threads", []() {
+    int n = g_threads.load();
 #ifdef _OPENMP
-    return omp_get_max_threads();
+    return n > 0 ? n : omp_get_max_threads();
 #else
-    return 1;
+    return n > 0 ? n : 1;
 #endif
   });
   m.def("matmul", &matmul, py::arg("a"), py::arg("b"), py::arg("out"), py::arg("accumulate") = false);

@@ -134,3 +134,19 @@ def test_the_cpp_backend_is_built():
     """A package whose C++ module failed to load would silently test only NumPy and numba."""
     assert _cpp.available(), f"dlkernels._C did not import: {_cpp.IMPORT_ERROR}"
     assert dk._registry.available("cpp")
+
+
+def test_one_knob_sets_openmp_and_numba_threads():
+    import numba
+
+    before = dk.get_num_threads()
+    try:
+        dk.set_num_threads(1)
+        assert _cpp._C.get_num_threads() == 1 and numba.get_num_threads() == 1
+        with dk.backend("numba"):  # starting numba's pool must not reset OpenMP's count
+            dk.conv2d(np.ones((1, 1, 3, 3)), np.ones((1, 1, 2, 2)))
+        assert _cpp._C.get_num_threads() == 1
+        with pytest.raises(ValueError, match="n: expected an int >= 1"):
+            dk.set_num_threads(0)
+    finally:
+        dk.set_num_threads(before)

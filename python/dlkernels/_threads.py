@@ -14,14 +14,14 @@ def set_num_threads(n: int) -> None:
     """Use n threads in the C++ (OpenMP) and numba kernels."""
     global _threads
     n = as_int(n, "n", minimum=1)
-    if _cpp._C is not None:
-        _cpp._C.set_num_threads(n)
     try:
         import numba
     except ImportError:
         pass
-    else:  # numba cannot go past the pool it started with
+    else:  # numba cannot go past the pool it started with; first, as starting its pool resets OpenMP's count
         numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    if _cpp._C is not None:
+        _cpp._C.set_num_threads(n)  # applied on whichever thread calls a kernel
     _threads = n
 
 
