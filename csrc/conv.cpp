@@ -2,20 +2,27 @@
 // and hand-written backward, for one instruction set (compiled once per ISA by setup.py).
 //
 // Variants
-//   im2col    any groups / stride / dilation / padding. Per sample (or a batch of samples when
-//             P*Q is small) and group the input is unfolded into a column buffer
-//             col[(c,r,s), (p,q)] and multiplied with the filters by gemm. Backward data is
-//             W^T @ dy followed by col2im; backward weight is dy @ col^T summed over samples.
-//             1x1 / stride 1 / no padding convolutions skip the unfolding altogether.
+//   im2col    any groups / stride / dilation / padding. The output positions of each sample are
+//             cut into chunks (or several small samples are batched) so that one column block
+//             col[(c,r,s), j] of CRS x ~L2-sized columns is unfolded and then multiplied with
+//             the filters by gemm, y_g = W_g @ col, written straight into y.
+//             Backward, per sample and chunk: dw_g += dy_g @ col^T (gemm, accumulate) and
+//             dcol = W_g^T @ dy_g (gemm) scattered back by col2im. 1x1 / stride 1 / no padding
+//             convolutions use the input itself as the column matrix.
+//             Chosen for every ordinary convolution; its speed is gemm's speed.
 //   depthwise groups == C and K == C*m: a direct kernel vectorized along the output width,
 //             reading a zero-padded, stride-deinterleaved copy of each input plane so that
-//             every tap is one unaligned vector load. Other shapes fall back to im2col.
+//             every tap is one unaligned vector load. Backward: dw and db as vector dot
+//             products per tap; dx by the flipped-filter forward kernel (stride 1, m == 1) or
+//             by vectorized scatter-adds into a padded plane. Other shapes fall back to im2col.
 //
-// Threads: samples are split statically over the OpenMP threads when there are enough of
-// them (each thread calls gemm(parallel=false) on its own buffers); otherwise samples run one
-// after another with gemm(parallel=true). Weight and bias gradients are summed per thread and
-// reduced in thread order, so they are bitwise repeatable at a fixed thread count.
-// No global mutable state: every buffer belongs to one call.
+// Threads (all static, no atomics): the forward splits its independent column blocks over
+// the OpenMP threads (each thread calls gemm(parallel=false) on its own buffers), or runs them
+// in turn with gemm(parallel=true) when there are too few. The im2col backward splits samples
+// when there are enough, summing dw and db per thread and reducing in thread order; the
+// depthwise backward splits channels, so each dw / db element has one owner. Gradients are
+// therefore bitwise repeatable at a fixed thread count. No global mutable state: every buffer
+// belongs to one call.
 #include <algorithm>
 #include <cstring>
 #include <vector>
@@ -130,10 +137,10 @@ inline void split(int64_t n, int nt, int t, int64_t& b, int64_t& e) {
 }
 
 template <typename T>
-T* grow(std::vector<char>& v, int64_t n) {
-  size_t bytes = (size_t)std::max<int64_t>(n, 1) * sizeof(T);
-  if (v.size() < bytes) v.resize(bytes);
-  return reinterpret_cast<T*>(v.data());
+T* grow(std::vector<T>& v, int64_t n) {
+  const size_t need = (size_t)std::max<int64_t>(n, 1);
+  if (v.size() < need) v.resize(need);
+  return v.data();
 }
 
 bool is_pointwise(const ConvShape& s) {
@@ -187,7 +194,7 @@ void make_blocks(int64_t n_begin, int64_t n_end, int64_t PQ, int64_t cols, std::
 
 template <typename T>
 void fwd_block(const ConvShape& s, const T* x, const T* w, const T* b, T* y, const Block& blk,
-               std::vector<char>& colbuf, std::vector<char>& outbuf, bool parallel) {
+               std::vector<T>& colbuf, std::vector<T>& outbuf, bool parallel) {
   const int64_t G = s.groups, Cg = s.C / G, Kg = s.K / G, PQ = s.P * s.Q;
   const int64_t CRS = Cg * s.R * s.S, HW = s.H * s.W;
   const int64_t len = blk.nb > 1 ? blk.nb * PQ : blk.j1 - blk.j0;
@@ -254,14 +261,14 @@ void conv2d_forward_im2col(const ConvShape& s, const T* x, const T* w, const T* 
     // Blocks are independent: split them statically, each thread on its own buffers.
 #pragma omp parallel num_threads(nt)
     {
-      std::vector<char> colbuf, outbuf;
+      std::vector<T> colbuf, outbuf;
       int64_t b0, e0;
       split(nblk, nt, thread_id(), b0, e0);
       for (int64_t i = b0; i < e0; ++i)
         fwd_block(s, x, w, b, y, blocks[(size_t)i], colbuf, outbuf, false);
     }
   } else {
-    std::vector<char> colbuf, outbuf;
+    std::vector<T> colbuf, outbuf;
     for (const Block& blk : blocks)
       fwd_block(s, x, w, b, y, blk, colbuf, outbuf, !in_parallel());
   }
@@ -278,7 +285,7 @@ namespace {
 
 template <typename T>
 void bwd_sample(const ConvShape& s, const T* dy, const T* x, const T* w, T* dx, T* dwp, T* dbp,
-                int64_t n, std::vector<char>& colbuf, std::vector<char>& dcolbuf, bool parallel) {
+                int64_t n, std::vector<T>& colbuf, std::vector<T>& dcolbuf, bool parallel) {
   const int64_t G = s.groups, Cg = s.C / G, Kg = s.K / G, PQ = s.P * s.Q;
   const int64_t CRS = Cg * s.R * s.S, HW = s.H * s.W;
   const bool pointwise = is_pointwise(s);
@@ -348,7 +355,7 @@ void conv2d_backward_im2col(const ConvShape& s, const T* dy, const T* x, const T
   const int nt = num_threads_for(s.N);
   const bool per_thread = nt > 1 && (s.N % nt == 0 || s.N >= 4 * nt);
   if (!per_thread) {
-    std::vector<char> colbuf, dcolbuf;
+    std::vector<T> colbuf, dcolbuf;
     for (int64_t n = 0; n < s.N; ++n)
       bwd_sample(s, dy, x, w, dx, dw, db, n, colbuf, dcolbuf, !in_parallel());
     return;
@@ -362,7 +369,7 @@ void conv2d_backward_im2col(const ConvShape& s, const T* dy, const T* x, const T
     T* mine = partials.data() + part * t;
     T* dwp = dw ? mine : nullptr;
     T* dbp = db ? mine + (dw ? wsize : 0) : nullptr;
-    std::vector<char> colbuf, dcolbuf;
+    std::vector<T> colbuf, dcolbuf;
     int64_t nb0, ne;
     split(s.N, nt, t, nb0, ne);
     for (int64_t n = nb0; n < ne; ++n)
