@@ -36,11 +36,11 @@ template <typename T>
 struct Blocks;
 template <>
 struct Blocks<float> {
-  static constexpr int64_t BR = 112, BC = 256;
+  static constexpr int64_t BR = 112, BC = 240;  // BC: a multiple of the GEMM's 48-wide panels
 };
 template <>
 struct Blocks<double> {
-  static constexpr int64_t BR = 56, BC = 128;
+  static constexpr int64_t BR = 56, BC = 120;
 };
 
 // ---- vector exp: exp(x) = 2^n * exp(r), r = x - n ln2 in [-ln2/2, ln2/2], Taylor in r ----
@@ -161,6 +161,52 @@ inline T exp_row(T* s, int64_t n, T m) {
   return sum;
 }
 
+// Without a mask and with scale > 0: the number of keys row i may see in a tile starting at
+// j0 (all n, or up to the causal diagonal) and the max of its raw products s[0..nv).
+template <typename T>
+inline int64_t visible(const AttnShape& a, int64_t n, int64_t i, int64_t j0) {
+  return a.causal ? std::max<int64_t>(0, std::min<int64_t>(n, i - j0 + 1)) : n;
+}
+
+template <typename T>
+inline T raw_max(const T* s, int64_t n) {
+  constexpr int W = simd<T>::width;
+  const T ninf = -std::numeric_limits<T>::infinity();
+  vec<T> mv = vec<T>{} + ninf;
+  int64_t j = 0;
+  for (; j + W <= n; j += W) {
+    vec<T> x = vload(s + j);
+    mv = x > mv ? x : mv;
+  }
+  T m = ninf;
+  for (int l = 0; l < W; ++l) m = std::max(m, (T)mv[l]);
+  for (; j < n; ++j) m = std::max(m, s[j]);
+  return m;
+}
+
+// s[j] = exp(s[j] * scale - m) for j < nv, 0 for nv <= j < n (one pass instead of prep_row's
+// scaling pass and exp_row's); returns the sum. m = -inf gives zeros.
+template <typename T>
+inline T exp_row_scaled(T* s, int64_t nv, int64_t n, T scale, T m) {
+  constexpr int W = simd<T>::width;
+  if (m == -std::numeric_limits<T>::infinity()) nv = 0;
+  vec<T> acc = vec<T>{};
+  int64_t j = 0;
+  for (; j + W <= nv; j += W) {
+    vec<T> e = vexp<T>(vload(s + j) * scale - m);
+    vstore(s + j, e);
+    acc += e;
+  }
+  T sum = 0;
+  for (int l = 0; l < W; ++l) sum += acc[l];
+  for (; j < nv; ++j) {
+    s[j] = sexp(s[j] * scale - m);
+    sum += s[j];
+  }
+  std::fill(s + nv, s + n, T(0));
+  return sum;
+}
+
 // Apply dropout to p[0..n) of row (z, i), keys j0.. : p *= keep / (1 - p_drop).
 template <typename T>
 inline void drop_row(const AttnShape& a, T* p, int64_t n, int64_t z, int64_t i, int64_t j0) {
@@ -212,6 +258,8 @@ void forward_flash(const Ctx<T>& c, const T* q, const T* k, const T* v, const in
   const int64_t kblk = gemm_packed_b_size<T>(E, BC), vblk = gemm_packed_b_size<T>(BC, Ev);
   const T ninf = -std::numeric_limits<T>::infinity();
   const bool par = (double)a.Z * (double)L * (double)S * (double)(E + Ev) > 262144.0;
+  const bool fast = !c.mask && a.scale > 0;
+  const T scale = (T)a.scale;
 #pragma omp parallel if (par)
   {
     // per thread: the packed keys and values of the key head it works on (O(S * E)), repacked
@@ -243,10 +291,19 @@ void forward_flash(const Ctx<T>& c, const T* q, const T* k, const T* v, const in
           mm_packed<T>(br, bc, E, qz, E, 1, kpack.data() + jb * kblk, st.data(), BC, false);
           for (int64_t r = 0; r < br; ++r) {
             T* s = st.data() + r * BC;
-            const T mt = prep_row(c, s, bc, z, i0 + r, j0);
-            const T mnew = std::max(m[r], mt);
-            const T alpha = mnew == ninf ? T(1) : sexp(m[r] - mnew);
-            const T sum = exp_row(s, bc, mnew);
+            T mnew, sum, alpha;
+            if (fast) {  // no mask, scale > 0: max of the raw products, then one scaled exp pass
+              const int64_t nv = visible<T>(a, bc, i0 + r, j0);
+              const T mt = nv > 0 ? raw_max(s, nv) * scale : ninf;
+              mnew = std::max(m[r], mt);
+              alpha = mnew == ninf ? T(1) : sexp(m[r] - mnew);
+              sum = exp_row_scaled(s, nv, bc, scale, mnew);
+            } else {
+              const T mt = prep_row(c, s, bc, z, i0 + r, j0);
+              mnew = std::max(m[r], mt);
+              alpha = mnew == ninf ? T(1) : sexp(m[r] - mnew);
+              sum = exp_row(s, bc, mnew);
+            }
             l[r] = l[r] * alpha + sum;
             m[r] = mnew;
             if (a.dropout) drop_row(a, s, bc, z, i0 + r, j0);
@@ -372,13 +429,15 @@ void backward_tile(const Ctx<T>& c, int64_t z, int64_t i0, int64_t br, int64_t j
     const int64_t i = i0 + r;
     T* s = st + r * BC;
     T* g = dp + r * BC;
-    prep_row(c, s, bc, z, i, j0);
     const T lr = lse[z * L + i];
+    const bool fast = !c.mask && scale > 0;
+    if (!fast) prep_row(c, s, bc, z, i, j0);
     if (lr == std::numeric_limits<T>::infinity()) {  // fully masked row: no gradient
       std::fill(s, s + bc, T(0));
       std::fill(g, g + bc, T(0));
     } else {
-      exp_row(s, bc, lr);  // P = exp(s - lse)
+      if (fast) exp_row_scaled(s, visible<T>(a, bc, i, j0), bc, scale, lr);  // P = exp(scale s - lse)
+      else exp_row(s, bc, lr);  // P = exp(s - lse)
       const T Di = D[z * L + i];
       if (a.dropout) {
         const uint64_t base = ((uint64_t)z * (uint64_t)L + (uint64_t)i) * (uint64_t)S + (uint64_t)j0;
