@@ -26,6 +26,12 @@
 #include <limits>
 #include <vector>
 
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#elif defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 namespace dlk {
 namespace DLK_ISA {
 namespace {
@@ -247,6 +253,172 @@ inline int64_t key_blocks(const AttnShape& a, int64_t i1, int64_t BC) {
   return nb;
 }
 
+// ---- forward micro-kernels (register tiles of their own; no A packing) ----------------------
+// S = Q Kᵀ: Kᵀ of a key block packed once per key head into panels of PW = 3 vectors of keys,
+// panel[e][PW] (zero-padded past the block's end); an MR_QK x PW register tile broadcasts Q's
+// row elements straight from Q (row-major) and sums over e in order.
+// O = alpha O + P V: P straight from the score tile, V straight from memory (rows of Ev), an
+// MR_PV x (NV_PV vectors) tile; the online softmax's rescale by alpha is folded into the load of O.
+#if defined(__AVX512F__)
+constexpr int MR_QK = 8, MR_PV = 6;
+#else
+constexpr int MR_QK = 4, MR_PV = 3;
+#endif
+constexpr int NV_QK = 3, NV_PV = 4;
+
+template <typename T>
+constexpr int64_t panel_w() { return NV_QK * simd<T>::width; }
+
+// A plain broadcast (folded into the FMA's memory operand as {1toN} where it can be).
+template <typename T>
+inline vec<T> splat(T x) {
+#if defined(__AVX512F__)
+  if constexpr (sizeof(T) == 4) return (vec<T>)_mm512_set1_ps(x);
+  else return (vec<T>)_mm512_set1_pd(x);
+#elif defined(__AVX2__)
+  if constexpr (sizeof(T) == 4) return (vec<T>)_mm256_set1_ps(x);
+  else return (vec<T>)_mm256_set1_pd(x);
+#elif defined(__SSE2__)
+  if constexpr (sizeof(T) == 4) return (vec<T>)_mm_set1_ps(x);
+  else return (vec<T>)_mm_set1_pd(x);
+#else
+  return vbroadcast(x);
+#endif
+}
+
+// Kᵀ of keys kj[0..bc) (rows of E) into ceil(bc / PW) panels dst[p][e][PW], zero-padded.
+template <typename T>
+void pack_kt(const T* kj, int64_t bc, int64_t E, T* dst) {
+  constexpr int64_t PW = panel_w<T>();
+  for (int64_t p = 0; p * PW < bc; ++p) {
+    T* d = dst + p * E * PW;
+    for (int64_t jj = 0; jj < PW; ++jj) {
+      const int64_t j = p * PW + jj;
+      if (j < bc) {
+        const T* kr = kj + j * E;
+        for (int64_t e = 0; e < E; ++e) d[e * PW + jj] = kr[e];
+      } else {
+        for (int64_t e = 0; e < E; ++e) d[e * PW + jj] = T(0);
+      }
+    }
+  }
+}
+
+template <typename T, int MR>
+inline void qk_tile(const T* q, int64_t ldq, const T* panel, int64_t E, T* s, int64_t lds) {
+  constexpr int W = simd<T>::width, PW = NV_QK * W;
+  vec<T> c[MR][NV_QK];
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int n = 0; n < NV_QK; ++n) c[r][n] = vec<T>{};
+  for (int64_t e = 0; e < E; ++e) {
+    vec<T> b[NV_QK];
+#pragma GCC unroll 4
+    for (int n = 0; n < NV_QK; ++n) b[n] = vload(panel + e * PW + n * W);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const vec<T> a = splat(q[r * ldq + e]);
+#pragma GCC unroll 4
+      for (int n = 0; n < NV_QK; ++n) c[r][n] += a * b[n];
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int n = 0; n < NV_QK; ++n) vstore(s + r * lds + n * W, c[r][n]);
+}
+
+// st[0..br)[0..ceil(bc/PW)*PW) = Q Kᵀ for a key block packed by pack_kt.
+template <typename T>
+void qk_block(const T* q, int64_t br, int64_t E, const T* kt, int64_t bc, T* st, int64_t lds) {
+  constexpr int64_t PW = panel_w<T>();
+  for (int64_t p = 0; p * PW < bc; ++p) {
+    const T* panel = kt + p * E * PW;
+    int64_t r = 0;
+    for (; r + MR_QK <= br; r += MR_QK) qk_tile<T, MR_QK>(q + r * E, E, panel, E, st + r * lds + p * PW, lds);
+    T* so = st + r * lds + p * PW;
+    const T* qo = q + r * E;
+    switch (br - r) {
+      case 0: break;
+      case 1: qk_tile<T, 1>(qo, E, panel, E, so, lds); break;
+      case 2: qk_tile<T, 2>(qo, E, panel, E, so, lds); break;
+      case 3: qk_tile<T, 3>(qo, E, panel, E, so, lds); break;
+#if defined(__AVX512F__)
+      case 4: qk_tile<T, 4>(qo, E, panel, E, so, lds); break;
+      case 5: qk_tile<T, 5>(qo, E, panel, E, so, lds); break;
+      case 6: qk_tile<T, 6>(qo, E, panel, E, so, lds); break;
+      case 7: qk_tile<T, 7>(qo, E, panel, E, so, lds); break;
+#endif
+      default: break;
+    }
+  }
+}
+
+template <typename T, int MR, int NV>
+inline void pv_tile(const T* p, int64_t ldp, int64_t bc, const T* v, int64_t ldv, T* o, int64_t ldo,
+                    const T* alpha) {
+  constexpr int W = simd<T>::width;
+  vec<T> c[MR][NV];
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) {
+    const vec<T> al = splat(alpha[r]);
+#pragma GCC unroll 4
+    for (int n = 0; n < NV; ++n) c[r][n] = vload(o + r * ldo + n * W) * al;
+  }
+  for (int64_t j = 0; j < bc; ++j) {
+    vec<T> b[NV];
+#pragma GCC unroll 4
+    for (int n = 0; n < NV; ++n) b[n] = vload(v + j * ldv + n * W);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const vec<T> a = splat(p[r * ldp + j]);
+#pragma GCC unroll 4
+      for (int n = 0; n < NV; ++n) c[r][n] += a * b[n];
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int n = 0; n < NV; ++n) vstore(o + r * ldo + n * W, c[r][n]);
+}
+
+template <typename T, int MR>
+inline void pv_rows(const T* p, int64_t ldp, int64_t bc, const T* v, int64_t Ev, T* o, const T* alpha) {
+  constexpr int W = simd<T>::width;
+  for (int64_t f = 0; f < Ev; f += NV_PV * W) {
+    switch (std::min<int64_t>(NV_PV, (Ev - f) / W)) {
+      case 4: pv_tile<T, MR, 4>(p, ldp, bc, v + f, Ev, o + f, Ev, alpha); break;
+      case 3: pv_tile<T, MR, 3>(p, ldp, bc, v + f, Ev, o + f, Ev, alpha); break;
+      case 2: pv_tile<T, MR, 2>(p, ldp, bc, v + f, Ev, o + f, Ev, alpha); break;
+      case 1: pv_tile<T, MR, 1>(p, ldp, bc, v + f, Ev, o + f, Ev, alpha); break;
+      default: break;
+    }
+  }
+}
+
+// acc[0..br) = alpha * acc + P V_j, Ev a multiple of the vector width.
+template <typename T>
+void pv_block(const T* st, int64_t lds, int64_t br, int64_t bc, const T* vj, int64_t Ev, T* acc,
+              const T* alpha) {
+  int64_t r = 0;
+  for (; r + MR_PV <= br; r += MR_PV)
+    pv_rows<T, MR_PV>(st + r * lds, lds, bc, vj, Ev, acc + r * Ev, alpha + r);
+  const T* po = st + r * lds;
+  T* ao = acc + r * Ev;
+  switch (br - r) {
+    case 0: break;
+    case 1: pv_rows<T, 1>(po, lds, bc, vj, Ev, ao, alpha + r); break;
+    case 2: pv_rows<T, 2>(po, lds, bc, vj, Ev, ao, alpha + r); break;
+#if defined(__AVX512F__)
+    case 3: pv_rows<T, 3>(po, lds, bc, vj, Ev, ao, alpha + r); break;
+    case 4: pv_rows<T, 4>(po, lds, bc, vj, Ev, ao, alpha + r); break;
+    case 5: pv_rows<T, 5>(po, lds, bc, vj, Ev, ao, alpha + r); break;
+#endif
+    default: break;
+  }
+}
+
 // ---- forward, tiled ------------------------------------------------------------------------
 template <typename T>
 void forward_flash(const Ctx<T>& c, const T* q, const T* k, const T* v, const int64_t* kv_index,
@@ -255,7 +427,11 @@ void forward_flash(const Ctx<T>& c, const T* q, const T* k, const T* v, const in
   constexpr int64_t BR = Blocks<T>::BR, BC = Blocks<T>::BC;
   const int64_t L = a.L, S = a.S, E = a.E, Ev = a.Ev;
   const int64_t nkb = (S + BC - 1) / BC, nqb = (L + BR - 1) / BR;
-  const int64_t kblk = gemm_packed_b_size<T>(E, BC), vblk = gemm_packed_b_size<T>(BC, Ev);
+  static_assert(BC % panel_w<T>() == 0, "key blocks are whole Kᵀ panels");
+  // Kᵀ in pack_kt's panels; V used in place (own P V tile) when Ev is a whole number of vectors,
+  // else packed for the GEMM
+  const bool own_pv = Ev % simd<T>::width == 0;
+  const int64_t kblk = BC * E, vblk = own_pv ? 0 : gemm_packed_b_size<T>(BC, Ev);
   const T ninf = -std::numeric_limits<T>::infinity();
   const bool par = (double)a.Z * (double)L * (double)S * (double)(E + Ev) > 262144.0;
   const bool fast = !c.mask && a.scale > 0;
@@ -267,6 +443,7 @@ void forward_flash(const Ctx<T>& c, const T* q, const T* k, const T* v, const in
     std::vector<T> kpack((size_t)(nkb * kblk)), vpack((size_t)(nkb * vblk));
     int64_t packed_zk = -1;
     std::vector<T> st((size_t)(BR * BC)), acc((size_t)(BR * Ev)), m((size_t)BR), l((size_t)BR);
+    std::vector<T> alphas((size_t)BR);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < a.Z * nqb; ++t) {
       const int64_t z = t / nqb, qb = nqb - 1 - t % nqb;  // the longest causal rows first
@@ -274,8 +451,8 @@ void forward_flash(const Ctx<T>& c, const T* q, const T* k, const T* v, const in
       if (zk != packed_zk) {
         for (int64_t jb = 0; jb < nkb; ++jb) {
           const int64_t j0 = jb * BC, bc = std::min(BC, S - j0);
-          gemm_pack_b<T>(E, bc, k + (zk * S + j0) * E, 1, E, kpack.data() + jb * kblk);
-          gemm_pack_b<T>(bc, Ev, v + (zk * S + j0) * Ev, Ev, 1, vpack.data() + jb * vblk);
+          pack_kt<T>(k + (zk * S + j0) * E, bc, E, kpack.data() + jb * kblk);
+          if (!own_pv) gemm_pack_b<T>(bc, Ev, v + (zk * S + j0) * Ev, Ev, 1, vpack.data() + jb * vblk);
         }
         packed_zk = zk;
       }
@@ -288,7 +465,7 @@ void forward_flash(const Ctx<T>& c, const T* q, const T* k, const T* v, const in
         const int64_t nb = key_blocks(a, i0 + br, BC);
         for (int64_t jb = 0; jb < nb; ++jb) {
           const int64_t j0 = jb * BC, bc = std::min(BC, S - j0);
-          mm_packed<T>(br, bc, E, qz, E, 1, kpack.data() + jb * kblk, st.data(), BC, false);
+          qk_block<T>(qz, br, E, kpack.data() + jb * kblk, bc, st.data(), BC);
           for (int64_t r = 0; r < br; ++r) {
             T* s = st.data() + r * BC;
             T mnew, sum, alpha;
@@ -307,12 +484,16 @@ void forward_flash(const Ctx<T>& c, const T* q, const T* k, const T* v, const in
             l[r] = l[r] * alpha + sum;
             m[r] = mnew;
             if (a.dropout) drop_row(a, s, bc, z, i0 + r, j0);
-            if (alpha != T(1)) {
+            alphas[r] = alpha;
+            if (!own_pv && alpha != T(1)) {
               T* o = acc.data() + r * Ev;
               for (int64_t f = 0; f < Ev; ++f) o[f] *= alpha;
             }
           }
-          mm_packed<T>(br, Ev, bc, st.data(), BC, 1, vpack.data() + jb * vblk, acc.data(), Ev, true);
+          if (own_pv)  // acc = alpha acc + P V_j
+            pv_block<T>(st.data(), BC, br, bc, v + (zk * S + j0) * Ev, Ev, acc.data(), alphas.data());
+          else
+            mm_packed<T>(br, Ev, bc, st.data(), BC, 1, vpack.data() + jb * vblk, acc.data(), Ev, true);
         }
         for (int64_t r = 0; r < br; ++r) {
           T* o = out + (z * L + i0 + r) * Ev;
