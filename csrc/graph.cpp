@@ -8,13 +8,14 @@
 //   graph_softmax_forward / graph_softmax_backward   per row over its edges
 //   graph_group_by         the counting sort that builds a CSR (stable, O(V + E))
 //
-// Threads: rows are split into one contiguous range per thread with about equal
-// (edges + rows) each: a prefix-sum partition by binary search on indptr, so a few hub rows
-// on a power-law graph do not stall one thread. Each output element is computed by one
+// Threads: rows are split into contiguous ranges of about equal (edges + rows), several per
+// thread, handed out dynamically (for_rows), so a few hub rows on a power-law graph and a
+// preempted thread on a loaded machine do not stall the others. Each output element is computed by one
 // thread, its edges taken in CSR order: no atomics, bitwise repeatable at any thread count.
 // Vectorization: along the features, vec<T> in blocks of 8/4/2/1 registers held across the
 // row's edges, then a scalar tail for F % width. All offsets are int64.
 #include <cmath>
+#include <memory>
 #include <vector>
 
 #include "dlk.h"
@@ -23,14 +24,6 @@
 namespace dlk {
 namespace DLK_ISA {
 namespace {
-
-inline int num_threads_here() {
-#ifdef _OPENMP
-  return omp_get_num_threads();
-#else
-  return 1;
-#endif
-}
 
 // First row r in [0, n] with indptr[r] - indptr[0] + r >= target (the cost is monotone in r).
 inline int64_t first_row_at(int64_t n, const int64_t* indptr, int64_t target) {
@@ -43,38 +36,68 @@ inline int64_t first_row_at(int64_t n, const int64_t* indptr, int64_t target) {
   return lo;
 }
 
-// Runs body(r0, r1) on each thread's range of rows, balanced by edges + rows; `cost` is the
-// work per edge-or-row (in elements), to keep small problems on one thread.
+// Runs body(r0, r1) over consecutive ranges of rows of about equal cost (edges + rows, found
+// by binary search on indptr, so a few hub rows on a power-law graph do not stall one thread),
+// several per thread, handed out dynamically: a thread the OS preempts (a loaded machine) just
+// takes fewer ranges. Each row is in one range, so the result does not depend on who runs it.
+// `cost` is the work per edge-or-row (in elements), to keep small problems on one thread.
 template <typename Body>
 void for_rows(int64_t n, const int64_t* indptr, int64_t cost, Body&& body) {
   const int64_t total = indptr[n] - indptr[0] + n;
   const bool par = total * cost > (1 << 15) && !in_parallel() && max_threads() > 1;
-#pragma omp parallel if (par)
-  {
-    const int64_t nt = num_threads_here(), t = thread_id();
-    const int64_t r0 = first_row_at(n, indptr, (int64_t)((double)total * t / nt));
-    const int64_t r1 = t + 1 == nt ? n : first_row_at(n, indptr, (int64_t)((double)total * (t + 1) / nt));
+  if (!par) {
+    if (n > 0) body(0, n);
+    return;
+  }
+  // ranges of at least ~64K elements of work, at most 16 per thread
+  const int64_t nt = max_threads();
+  int64_t nc = total * cost / (1 << 16);
+  nc = nc < nt ? nt : (nc > 16 * nt ? 16 * nt : nc);
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t c = 0; c < nc; ++c) {
+    const int64_t r0 = c == 0 ? 0 : first_row_at(n, indptr, (int64_t)((double)total * c / nc));
+    const int64_t r1 = c + 1 == nc ? n : first_row_at(n, indptr, (int64_t)((double)total * (c + 1) / nc));
     if (r0 < r1) body(r0, r1);
   }
 }
 
 inline int64_t edge_id(const int64_t* perm, int64_t k) { return perm ? perm[k] : k; }
 
+// Software prefetch of the gathered rows. The rows x[col[k]] are scattered, and on sparse
+// graphs most CSR rows have only a few edges, so the prefetch runs `dist` edges ahead along
+// the CSR positions, across row boundaries (col is one array), up to the end of this thread's
+// range `kend`. dist keeps about PREFETCH_BYTES of rows in flight (enough to cover a DRAM miss).
+constexpr int64_t PREFETCH_BYTES = 4096;
+inline int64_t prefetch_distance(int64_t row_bytes) {
+  const int64_t d = PREFETCH_BYTES / (row_bytes > 0 ? row_bytes : 1);
+  return d < 4 ? 4 : (d > 32 ? 32 : d);
+}
+template <int64_t BYTES>
+inline void prefetch_lines(const void* p) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t b = 0; b < BYTES; b += 64) __builtin_prefetch(c + b);
+}
+inline void prefetch_n(const void* p, int64_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(c + b);
+}
+
 // ---- segment sum ------------------------------------------------------------------------
 
 // o[0 : NV*W] = scale * sum_{k0 <= k < k1} w_k * x[col[k]*ldx + 0 : NV*W]; x, o and w are already
 // offset to this head and feature block (w: stride H per edge).
+// Prefetch: edge k + pd's row, this block's features while it is in this row, else the
+// features the next rows start with (x0 + col * ldx: head 0, feature 0), for NV*W elements.
 template <typename T, typename I, bool WEIGHTED, int NV>
 inline void sum_block(int64_t k0, int64_t k1, const I* col, const int64_t* perm, const T* w, int64_t H,
-                      const T* x, int64_t ldx, T scale, T* o) {
+                      const T* x, int64_t ldx, T scale, T* o, const T* x0, int64_t pd, int64_t kend) {
   constexpr int W = simd<T>::width;
+  constexpr int64_t BYTES = (int64_t)NV * W * sizeof(T);
   vec<T> acc[NV];
   for (int j = 0; j < NV; ++j) acc[j] = vec<T>{};
   for (int64_t k = k0; k < k1; ++k) {
-    if (k + 6 < k1) {  // the rows are scattered: fetch a few edges ahead
-      const char* p = reinterpret_cast<const char*>(x + (int64_t)col[k + 6] * ldx);
-      for (int b = 0; b < NV * W * (int)sizeof(T); b += 64) __builtin_prefetch(p + b);
-    }
+    const int64_t kp = k + pd;
+    if (kp < kend) prefetch_lines<BYTES>((kp < k1 ? x : x0) + (int64_t)col[kp] * ldx);
     const T* xr = x + (int64_t)col[k] * ldx;
     if constexpr (WEIGHTED) {
       const vec<T> wk = vbroadcast<T>(w[edge_id(perm, k) * H]);
@@ -105,6 +128,9 @@ void segment_sum_rows(int64_t r0, int64_t r1, const int64_t* indptr, const I* co
                       const T* w, int64_t H, int64_t F, const T* x, const T* scale, T* out) {
   constexpr int W = simd<T>::width;
   const int64_t ldx = H * F;
+  const int64_t kend = indptr[r1];
+  const int64_t blk = F < 8 * W ? F : 8 * W;
+  const int64_t pd = prefetch_distance(blk * (int64_t)sizeof(T));
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t k0 = indptr[r], k1 = indptr[r + 1];
     const T s = scale ? scale[r] : T(1);
@@ -112,11 +138,14 @@ void segment_sum_rows(int64_t r0, int64_t r1, const int64_t* indptr, const I* co
       const T* xh = x + h * F;
       const T* wh = WEIGHTED ? w + h : nullptr;
       T* o = out + r * ldx + h * F;
+      // prefetch past this row only from its last vector block of the last head (the next
+      // row starts at head 0, feature 0); the other blocks prefetch within the row
+      const auto ke = [&](int64_t f_next) { return h + 1 == H && f_next + W > F ? kend : k1; };
       int64_t f = 0;
-      for (; f + 8 * W <= F; f += 8 * W) sum_block<T, I, WEIGHTED, 8>(k0, k1, col, perm, wh, H, xh + f, ldx, s, o + f);
-      if (f + 4 * W <= F) { sum_block<T, I, WEIGHTED, 4>(k0, k1, col, perm, wh, H, xh + f, ldx, s, o + f); f += 4 * W; }
-      if (f + 2 * W <= F) { sum_block<T, I, WEIGHTED, 2>(k0, k1, col, perm, wh, H, xh + f, ldx, s, o + f); f += 2 * W; }
-      if (f + W <= F) { sum_block<T, I, WEIGHTED, 1>(k0, k1, col, perm, wh, H, xh + f, ldx, s, o + f); f += W; }
+      for (; f + 8 * W <= F; f += 8 * W) sum_block<T, I, WEIGHTED, 8>(k0, k1, col, perm, wh, H, xh + f, ldx, s, o + f, x, pd, ke(f + 8 * W));
+      if (f + 4 * W <= F) { sum_block<T, I, WEIGHTED, 4>(k0, k1, col, perm, wh, H, xh + f, ldx, s, o + f, x, pd, ke(f + 4 * W)); f += 4 * W; }
+      if (f + 2 * W <= F) { sum_block<T, I, WEIGHTED, 2>(k0, k1, col, perm, wh, H, xh + f, ldx, s, o + f, x, pd, ke(f + 2 * W)); f += 2 * W; }
+      if (f + W <= F) { sum_block<T, I, WEIGHTED, 1>(k0, k1, col, perm, wh, H, xh + f, ldx, s, o + f, x, pd, ke(f + W)); f += W; }
       if (f < F) sum_tail<T, I, WEIGHTED>(k0, k1, col, perm, wh, H, xh + f, ldx, s, o + f, F - f);
     }
   }
@@ -136,8 +165,10 @@ inline T pick1(T acc, T v, bool is_max) {
 
 template <typename T, typename I, bool WEIGHTED, int NV>
 inline void maxmin_block(int64_t k0, int64_t k1, const I* col, const int64_t* perm, const T* w, const T* x,
-                         int64_t ldx, bool is_max, T* o) {
+                         int64_t ldx, bool is_max, T* o, const T* x0, int64_t pd, int64_t kend) {
   constexpr int W = simd<T>::width;
+  constexpr int64_t BYTES = (int64_t)NV * W * sizeof(T);
+  if (k0 + pd < kend) prefetch_lines<BYTES>((k0 + pd < k1 ? x : x0) + (int64_t)col[k0 + pd] * ldx);
   vec<T> acc[NV];
   {
     const T* xr = x + (int64_t)col[k0] * ldx;
@@ -145,10 +176,8 @@ inline void maxmin_block(int64_t k0, int64_t k1, const I* col, const int64_t* pe
     for (int j = 0; j < NV; ++j) acc[j] = WEIGHTED ? vload<T>(xr + j * W) * wk : vload<T>(xr + j * W);
   }
   for (int64_t k = k0 + 1; k < k1; ++k) {
-    if (k + 6 < k1) {
-      const char* p = reinterpret_cast<const char*>(x + (int64_t)col[k + 6] * ldx);
-      for (int b = 0; b < NV * W * (int)sizeof(T); b += 64) __builtin_prefetch(p + b);
-    }
+    const int64_t kp = k + pd;
+    if (kp < kend) prefetch_lines<BYTES>((kp < k1 ? x : x0) + (int64_t)col[kp] * ldx);
     const T* xr = x + (int64_t)col[k] * ldx;
     if constexpr (WEIGHTED) {
       const vec<T> wk = vbroadcast<T>(w[edge_id(perm, k)]);
@@ -164,6 +193,8 @@ template <typename T, typename I, bool WEIGHTED>
 void segment_maxmin_rows(int64_t r0, int64_t r1, const int64_t* indptr, const I* col, const int64_t* perm,
                          const T* w, int64_t F, const T* x, bool is_max, T* out) {
   constexpr int W = simd<T>::width;
+  const int64_t kend = indptr[r1];
+  const int64_t pd = prefetch_distance((F < 8 * W ? F : 8 * W) * (int64_t)sizeof(T));
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t k0 = indptr[r], k1 = indptr[r + 1];
     T* o = out + r * F;
@@ -171,11 +202,12 @@ void segment_maxmin_rows(int64_t r0, int64_t r1, const int64_t* indptr, const I*
       for (int64_t f = 0; f < F; ++f) o[f] = T(0);
       continue;
     }
+    const auto ke = [&](int64_t f_next) { return f_next + W > F ? kend : k1; };  // as segment_sum_rows
     int64_t f = 0;
-    for (; f + 8 * W <= F; f += 8 * W) maxmin_block<T, I, WEIGHTED, 8>(k0, k1, col, perm, w, x + f, F, is_max, o + f);
-    if (f + 4 * W <= F) { maxmin_block<T, I, WEIGHTED, 4>(k0, k1, col, perm, w, x + f, F, is_max, o + f); f += 4 * W; }
-    if (f + 2 * W <= F) { maxmin_block<T, I, WEIGHTED, 2>(k0, k1, col, perm, w, x + f, F, is_max, o + f); f += 2 * W; }
-    if (f + W <= F) { maxmin_block<T, I, WEIGHTED, 1>(k0, k1, col, perm, w, x + f, F, is_max, o + f); f += W; }
+    for (; f + 8 * W <= F; f += 8 * W) maxmin_block<T, I, WEIGHTED, 8>(k0, k1, col, perm, w, x + f, F, is_max, o + f, x, pd, ke(f + 8 * W));
+    if (f + 4 * W <= F) { maxmin_block<T, I, WEIGHTED, 4>(k0, k1, col, perm, w, x + f, F, is_max, o + f, x, pd, ke(f + 4 * W)); f += 4 * W; }
+    if (f + 2 * W <= F) { maxmin_block<T, I, WEIGHTED, 2>(k0, k1, col, perm, w, x + f, F, is_max, o + f, x, pd, ke(f + 2 * W)); f += 2 * W; }
+    if (f + W <= F) { maxmin_block<T, I, WEIGHTED, 1>(k0, k1, col, perm, w, x + f, F, is_max, o + f, x, pd, ke(f + W)); f += W; }
     for (; f < F; ++f) {
       T acc = T(0);
       for (int64_t k = k0; k < k1; ++k) {
@@ -250,14 +282,18 @@ template <typename T, typename I>
 void graph_maxmin_backward(int64_t R, const int64_t* indptr, const I* col, const int64_t* perm, int64_t N,
                            const int64_t* t_indptr, const I* t_col, const int64_t* t_perm, const T* w, int64_t F,
                            const T* x, const T* out, const T* g, T* dx, T* dw) {
-  std::vector<T> share((size_t)(R * F));
-  T* sh = share.data();
+  std::unique_ptr<T[]> share(new T[(size_t)(R * F)]);  // every element written by pass 1
+  T* sh = share.get();
+  const int64_t row_bytes = F * (int64_t)sizeof(T), pf_bytes = row_bytes < 1024 ? row_bytes : 1024;
+  const int64_t pd = prefetch_distance(row_bytes);
   for_rows(R, indptr, F + 1, [&](int64_t r0, int64_t r1) {
+    const int64_t kend = indptr[r1];
     for (int64_t r = r0; r < r1; ++r) {
       T* c = sh + r * F;
       const T* o = out + r * F;
       for (int64_t f = 0; f < F; ++f) c[f] = T(0);
       for (int64_t k = indptr[r]; k < indptr[r + 1]; ++k) {
+        if (k + pd < kend) prefetch_n(x + (int64_t)col[k + pd] * F, pf_bytes);
         const T* xr = x + (int64_t)col[k] * F;
         const T wk = w ? w[edge_id(perm, k)] : T(1);
         if (w) for (int64_t f = 0; f < F; ++f) c[f] += xr[f] * wk == o[f] ? T(1) : T(0);
@@ -268,11 +304,16 @@ void graph_maxmin_backward(int64_t R, const int64_t* indptr, const I* col, const
     }
   });
   for_rows(N, t_indptr, F + 1, [&](int64_t u0, int64_t u1) {
+    const int64_t kend = t_indptr[u1];
     for (int64_t u = u0; u < u1; ++u) {
       T* d = dx + u * F;
       const T* xr = x + u * F;
       for (int64_t f = 0; f < F; ++f) d[f] = T(0);
       for (int64_t k = t_indptr[u]; k < t_indptr[u + 1]; ++k) {
+        if (k + pd < kend) {  // the targets' out and share rows are gathered
+          prefetch_n(out + (int64_t)t_col[k + pd] * F, pf_bytes);
+          prefetch_n(sh + (int64_t)t_col[k + pd] * F, pf_bytes);
+        }
         const int64_t v = t_col[k], e = edge_id(t_perm, k);
         const T wk = w ? w[e] : T(1);
         const T* o = out + v * F;
