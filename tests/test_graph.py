@@ -145,3 +145,49 @@ def test_layers_match_pyg(name, kw, rng):
     ref_grads = {k: p.grad.numpy() for k, p in ref.named_parameters()}
     for k, p in ours.named_parameters():
         np.testing.assert_allclose(p.grad, ref_grads[k], atol=1e-10, err_msg=k)
+
+
+# ---- the front-end on device arrays (CuPy; skipped without CuPy and a GPU) --------------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("reduce", ["sum", "mean", "max", "min"])
+def test_front_end_dispatches_cuda_arrays(reduce, rng):
+    """Graph from a device edge_index, aggregate/scatter/sddmm/edge_softmax on CuPy arrays run the
+    cuda kernels (CuPy out) and match the cpu path in float64, forward and backward."""
+    cp = pytest.importorskip("cupy")
+    ei = rng.integers(0, 30, (2, 200))
+    ei[1, :80] = 3  # a hub
+    x, w = rng.standard_normal((30, 5)), rng.standard_normal(200)
+    gy = rng.standard_normal((30, 5))
+    g_host, g_dev = dk.Graph(ei, num_nodes=30), dk.Graph(cp.asarray(ei), num_nodes=30)
+    out, saved = dk.aggregate_forward(g_host, x, reduce, w)
+    dx, dw = dk.aggregate_backward(gy, saved)
+    for g in (g_host, g_dev):  # one Graph serves both devices
+        dout, dsaved = dk.aggregate_forward(g, cp.asarray(x), reduce, cp.asarray(w))
+        assert isinstance(dout, cp.ndarray)
+        np.testing.assert_allclose(cp.asnumpy(dout), out, rtol=1e-10, atol=1e-12)
+        ddx, ddw = dk.aggregate_backward(cp.asarray(gy), dsaved)
+        np.testing.assert_allclose(cp.asnumpy(ddx), dx, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(cp.asnumpy(ddw), dw, rtol=1e-10, atol=1e-12)
+    src, index = rng.standard_normal((4, 50, 3)), rng.integers(0, 12, 50)
+    out, saved = dk.scatter_forward(src, index, 1, 12, reduce)
+    dout, dsaved = dk.scatter_forward(cp.asarray(src), cp.asarray(index), 1, 12, reduce)
+    np.testing.assert_allclose(cp.asnumpy(dout), out, rtol=1e-10, atol=1e-12)
+    gs = rng.standard_normal(out.shape)
+    np.testing.assert_allclose(cp.asnumpy(dk.scatter_backward(cp.asarray(gs), dsaved)[0]),
+                               dk.scatter_backward(gs, saved)[0], rtol=1e-10, atol=1e-12)
+    a, b = rng.standard_normal((30, 2, 4)), rng.standard_normal((30, 2, 4))
+    s = dk.sddmm(g_dev, cp.asarray(a), cp.asarray(b))
+    np.testing.assert_allclose(cp.asnumpy(s), dk.sddmm(g_host, a, b), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(cp.asnumpy(dk.edge_softmax(g_dev, s)), dk.edge_softmax(g_host, cp.asnumpy(s)),
+                               rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="index"):
+        dk.scatter(cp.asarray(src), index, 1, 12, reduce)  # index on the host, src on the device
+
+
+def test_cuda_kernels_are_registered_without_a_gpu():
+    """The glue registers (variant csr, default) without importing CuPy; dispatch reaches it only for CuPy arrays."""
+    for op in ("aggregate", "scatter", "sddmm", "edge_softmax"):
+        for direction in ("forward", "backward"):
+            ks = [k for k in dk.kernels(op, backend="cuda") if k.direction == direction]
+            assert [k.variant for k in ks] == ["csr"], (op, direction, ks)
