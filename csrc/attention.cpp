@@ -113,33 +113,37 @@ template <typename T>
 inline T prep_row(const Ctx<T>& c, T* s, int64_t n, int64_t z, int64_t i, int64_t j0) {
   constexpr int W = simd<T>::width;
   const T scale = (T)c.a.scale;
-  int64_t j = 0;
-  if (c.mask) {
-    const T* mrow = c.mask + c.mask_off[z] + i * c.mrs + j0 * c.mcs;
-    if (c.mcs == 1) {
-      for (; j + W <= n; j += W) vstore(s + j, vload(s + j) * scale + vload(mrow + j));
-      for (; j < n; ++j) s[j] = s[j] * scale + mrow[j];
-    } else {
-      for (; j < n; ++j) s[j] = s[j] * scale + mrow[j * c.mcs];
+  const T ninf = -std::numeric_limits<T>::infinity();
+  vec<T> mv = vec<T>{} + ninf;
+  int64_t jv = 0;  // s[0..jv) is already reduced into mv
+  if (c.mask && c.mcs == 1) {  // scale, add the mask and take the max in one pass
+    const T* mrow = c.mask + c.mask_off[z] + i * c.mrs + j0;
+    for (; jv + W <= n; jv += W) {
+      const vec<T> x = vload(s + jv) * scale + vload(mrow + jv);
+      vstore(s + jv, x);
+      mv = x > mv ? x : mv;
     }
+    for (int64_t j = jv; j < n; ++j) s[j] = s[j] * scale + mrow[j];
+  } else if (c.mask) {
+    const T* mrow = c.mask + c.mask_off[z] + i * c.mrs + j0 * c.mcs;
+    for (int64_t j = 0; j < n; ++j) s[j] = s[j] * scale + mrow[j * c.mcs];
   } else {
+    int64_t j = 0;
     for (; j + W <= n; j += W) vstore(s + j, vload(s + j) * scale);
     for (; j < n; ++j) s[j] = s[j] * scale;
   }
   if (c.a.causal) {
-    for (int64_t jj = std::max<int64_t>(0, i - j0 + 1); jj < n; ++jj)
-      s[jj] = -std::numeric_limits<T>::infinity();
+    for (int64_t jj = std::max<int64_t>(0, i - j0 + 1); jj < n; ++jj) s[jj] = ninf;
+    jv = 0;
+    mv = vec<T>{} + ninf;
   }
-  const T ninf = -std::numeric_limits<T>::infinity();
-  vec<T> mv = vec<T>{} + ninf;
-  j = 0;
-  for (; j + W <= n; j += W) {
-    vec<T> x = vload(s + j);
+  for (; jv + W <= n; jv += W) {
+    const vec<T> x = vload(s + jv);
     mv = x > mv ? x : mv;
   }
   T m = ninf;
   for (int l = 0; l < W; ++l) m = std::max(m, (T)mv[l]);
-  for (; j < n; ++j) m = std::max(m, s[j]);
+  for (; jv < n; ++jv) m = std::max(m, s[jv]);
   return m;
 }
 
