@@ -225,19 +225,7 @@ inline void drop_row(const AttnShape& a, T* p, int64_t n, int64_t z, int64_t i, 
   for (int64_t j = 0; j < n; ++j) p[j] = keep(a.seed, a.threshold, base + (uint64_t)j) ? p[j] * ds : T(0);
 }
 
-// gemm that also handles an empty reduction (K == 0) by zeroing C when not accumulating.
-template <typename T>
-inline void mm(int64_t M, int64_t N, int64_t K, const T* A, int64_t rsa, int64_t csa, const T* B,
-               int64_t rsb, int64_t csb, T* C, int64_t ldc, bool acc) {
-  if (M <= 0 || N <= 0) return;
-  if (K <= 0) {
-    if (!acc)
-      for (int64_t i = 0; i < M; ++i) std::fill(C + i * ldc, C + i * ldc + N, T(0));
-    return;
-  }
-  gemm<T>(M, N, K, A, rsa, csa, B, rsb, csb, C, ldc, acc, false);
-}
-
+// gemm on a prepacked B that also handles an empty reduction (K == 0) by zeroing C.
 template <typename T>
 inline void mm_packed(int64_t M, int64_t N, int64_t K, const T* A, int64_t rsa, int64_t csa,
                       const T* packed, T* C, int64_t ldc, bool acc) {
@@ -359,24 +347,31 @@ void qk_block(const T* q, int64_t br, int64_t E, const T* kt, int64_t bc, T* st,
   }
 }
 
+// C[M x N] = alpha C + A B, A(m, k) = A[m * ars + k * acs] broadcast in place (P, or a score
+// tile read transposed), B rows of N in place (V, dO, Q or K), k summed in order from the loaded
+// C; alpha per row, or none. N a multiple of the vector width.
 template <typename T, int MR, int NV>
-inline void pv_tile(const T* p, int64_t ldp, int64_t bc, const T* v, int64_t ldv, T* o, int64_t ldo,
-                    const T* alpha) {
+inline void acc_tile(const T* A, int64_t ars, int64_t acs, int64_t K, const T* B, int64_t ldb, T* C,
+                     int64_t ldc, const T* alpha) {
   constexpr int W = simd<T>::width;
   vec<T> c[MR][NV];
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r) {
-    const vec<T> al = splat(alpha[r]);
 #pragma GCC unroll 4
-    for (int n = 0; n < NV; ++n) c[r][n] = vload(o + r * ldo + n * W) * al;
+    for (int n = 0; n < NV; ++n) c[r][n] = vload(C + r * ldc + n * W);
+    if (alpha) {
+      const vec<T> al = splat(alpha[r]);
+#pragma GCC unroll 4
+      for (int n = 0; n < NV; ++n) c[r][n] *= al;
+    }
   }
-  for (int64_t j = 0; j < bc; ++j) {
+  for (int64_t k = 0; k < K; ++k) {
     vec<T> b[NV];
 #pragma GCC unroll 4
-    for (int n = 0; n < NV; ++n) b[n] = vload(v + j * ldv + n * W);
+    for (int n = 0; n < NV; ++n) b[n] = vload(B + k * ldb + n * W);
 #pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
-      const vec<T> a = splat(p[r * ldp + j]);
+      const vec<T> a = splat(A[r * ars + k * acs]);
 #pragma GCC unroll 4
       for (int n = 0; n < NV; ++n) c[r][n] += a * b[n];
     }
@@ -384,43 +379,57 @@ inline void pv_tile(const T* p, int64_t ldp, int64_t bc, const T* v, int64_t ldv
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 4
-    for (int n = 0; n < NV; ++n) vstore(o + r * ldo + n * W, c[r][n]);
+    for (int n = 0; n < NV; ++n) vstore(C + r * ldc + n * W, c[r][n]);
 }
 
 template <typename T, int MR>
-inline void pv_rows(const T* p, int64_t ldp, int64_t bc, const T* v, int64_t Ev, T* o, const T* alpha) {
+inline void acc_rows(const T* A, int64_t ars, int64_t acs, int64_t K, const T* B, int64_t N, int64_t ldb,
+                     T* C, int64_t ldc, const T* alpha) {
   constexpr int W = simd<T>::width;
-  for (int64_t f = 0; f < Ev; f += NV_PV * W) {
-    switch (std::min<int64_t>(NV_PV, (Ev - f) / W)) {
-      case 4: pv_tile<T, MR, 4>(p, ldp, bc, v + f, Ev, o + f, Ev, alpha); break;
-      case 3: pv_tile<T, MR, 3>(p, ldp, bc, v + f, Ev, o + f, Ev, alpha); break;
-      case 2: pv_tile<T, MR, 2>(p, ldp, bc, v + f, Ev, o + f, Ev, alpha); break;
-      case 1: pv_tile<T, MR, 1>(p, ldp, bc, v + f, Ev, o + f, Ev, alpha); break;
+  for (int64_t f = 0; f < N; f += NV_PV * W) {
+    switch (std::min<int64_t>(NV_PV, (N - f) / W)) {
+      case 4: acc_tile<T, MR, 4>(A, ars, acs, K, B + f, ldb, C + f, ldc, alpha); break;
+      case 3: acc_tile<T, MR, 3>(A, ars, acs, K, B + f, ldb, C + f, ldc, alpha); break;
+      case 2: acc_tile<T, MR, 2>(A, ars, acs, K, B + f, ldb, C + f, ldc, alpha); break;
+      case 1: acc_tile<T, MR, 1>(A, ars, acs, K, B + f, ldb, C + f, ldc, alpha); break;
       default: break;
     }
   }
 }
 
-// acc[0..br) = alpha * acc + P V_j, Ev a multiple of the vector width.
+// C (M x N, row stride ldc) = alpha C + A B; N % width == 0 (callers check own_tiles()).
 template <typename T>
-void pv_block(const T* st, int64_t lds, int64_t br, int64_t bc, const T* vj, int64_t Ev, T* acc,
-              const T* alpha) {
+void acc_mm(int64_t M, int64_t N, int64_t K, const T* A, int64_t ars, int64_t acs, const T* B, int64_t ldb,
+            T* C, int64_t ldc, const T* alpha) {
   int64_t r = 0;
-  for (; r + MR_PV <= br; r += MR_PV)
-    pv_rows<T, MR_PV>(st + r * lds, lds, bc, vj, Ev, acc + r * Ev, alpha + r);
-  const T* po = st + r * lds;
-  T* ao = acc + r * Ev;
-  switch (br - r) {
+  for (; r + MR_PV <= M; r += MR_PV)
+    acc_rows<T, MR_PV>(A + r * ars, ars, acs, K, B, N, ldb, C + r * ldc, ldc, alpha ? alpha + r : alpha);
+  const T* Ao = A + r * ars;
+  T* Co = C + r * ldc;
+  const T* al = alpha ? alpha + r : alpha;
+  switch (M - r) {
     case 0: break;
-    case 1: pv_rows<T, 1>(po, lds, bc, vj, Ev, ao, alpha + r); break;
-    case 2: pv_rows<T, 2>(po, lds, bc, vj, Ev, ao, alpha + r); break;
+    case 1: acc_rows<T, 1>(Ao, ars, acs, K, B, N, ldb, Co, ldc, al); break;
+    case 2: acc_rows<T, 2>(Ao, ars, acs, K, B, N, ldb, Co, ldc, al); break;
 #if defined(__AVX512F__)
-    case 3: pv_rows<T, 3>(po, lds, bc, vj, Ev, ao, alpha + r); break;
-    case 4: pv_rows<T, 4>(po, lds, bc, vj, Ev, ao, alpha + r); break;
-    case 5: pv_rows<T, 5>(po, lds, bc, vj, Ev, ao, alpha + r); break;
+    case 3: acc_rows<T, 3>(Ao, ars, acs, K, B, N, ldb, Co, ldc, al); break;
+    case 4: acc_rows<T, 4>(Ao, ars, acs, K, B, N, ldb, Co, ldc, al); break;
+    case 5: acc_rows<T, 5>(Ao, ars, acs, K, B, N, ldb, Co, ldc, al); break;
 #endif
     default: break;
   }
+}
+
+template <typename T>
+inline bool own_tiles(int64_t n) { return n % simd<T>::width == 0; }
+
+// C += A B through acc_mm when N allows, else the packed GEMM (both sum k in order from C).
+template <typename T>
+inline void mm_acc(int64_t M, int64_t N, int64_t K, const T* A, int64_t ars, int64_t acs, const T* B,
+                   int64_t ldb, T* C, int64_t ldc) {
+  if (M <= 0 || N <= 0 || K <= 0) return;
+  if (own_tiles<T>(N)) acc_mm<T>(M, N, K, A, ars, acs, B, ldb, C, ldc, (const T*)nullptr);
+  else gemm<T>(M, N, K, A, ars, acs, B, ldb, 1, C, ldc, true, false);
 }
 
 // ---- forward, tiled ------------------------------------------------------------------------
@@ -434,7 +443,7 @@ void forward_flash(const Ctx<T>& c, const T* q, const T* k, const T* v, const in
   static_assert(BC % panel_w<T>() == 0, "key blocks are whole Kᵀ panels");
   // Kᵀ in pack_kt's panels; V used in place (own P V tile) when Ev is a whole number of vectors,
   // else packed for the GEMM
-  const bool own_pv = Ev % simd<T>::width == 0;
+  const bool own_pv = own_tiles<T>(Ev);
   const int64_t kblk = BC * E, vblk = own_pv ? 0 : gemm_packed_b_size<T>(BC, Ev);
   const T ninf = -std::numeric_limits<T>::infinity();
   const bool par = (double)a.Z * (double)L * (double)S * (double)(E + Ev) > 262144.0;
@@ -495,7 +504,7 @@ void forward_flash(const Ctx<T>& c, const T* q, const T* k, const T* v, const in
             }
           }
           if (own_pv)  // acc = alpha acc + P V_j
-            pv_block<T>(st.data(), BC, br, bc, v + (zk * S + j0) * Ev, Ev, acc.data(), alphas.data());
+            acc_mm<T>(br, Ev, bc, st.data(), BC, 1, v + (zk * S + j0) * Ev, Ev, acc.data(), Ev, alphas.data());
           else
             mm_packed<T>(br, Ev, bc, st.data(), BC, 1, vpack.data() + jb * vblk, acc.data(), Ev, true);
         }
@@ -608,8 +617,8 @@ void backward_tile(const Ctx<T>& c, int64_t z, int64_t i0, int64_t br, int64_t j
   constexpr int64_t BC = Blocks<T>::BC;
   const int64_t L = a.L, S = a.S, E = a.E, Ev = a.Ev;
   const T scale = (T)a.scale;
-  mm_packed<T>(br, bc, E, q + (z * L + i0) * E, E, 1, kpack, st, BC, false);
-  mm_packed<T>(br, bc, Ev, dout + (z * L + i0) * Ev, Ev, 1, vpack, dp, BC, false);
+  qk_block<T>(q + (z * L + i0) * E, br, E, kpack, bc, st, BC);        // S = Q Kᵀ
+  qk_block<T>(dout + (z * L + i0) * Ev, br, Ev, vpack, bc, dp, BC);  // dP = dO Vᵀ
   for (int64_t r = 0; r < br; ++r) {
     const int64_t i = i0 + r;
     T* s = st + r * BC;
@@ -645,8 +654,8 @@ void backward_tile(const Ctx<T>& c, int64_t z, int64_t i0, int64_t br, int64_t j
 template <typename T>
 void pack_kv(const AttnShape& a, const T* k, const T* v, int64_t zk, int64_t j0, int64_t bc, T* kpack,
              T* vpack) {
-  gemm_pack_b<T>(a.E, bc, k + (zk * a.S + j0) * a.E, 1, a.E, kpack);     // Kᵀ_j
-  gemm_pack_b<T>(a.Ev, bc, v + (zk * a.S + j0) * a.Ev, 1, a.Ev, vpack);  // Vᵀ_j
+  pack_kt<T>(k + (zk * a.S + j0) * a.E, bc, a.E, kpack);     // Kᵀ_j
+  pack_kt<T>(v + (zk * a.S + j0) * a.Ev, bc, a.Ev, vpack);  // Vᵀ_j
 }
 
 // Every sum below runs in one fixed order, whichever thread runs it and whichever schedule is
@@ -670,7 +679,7 @@ void backward_impl(const Ctx<T>& c, const T* dout, const T* q, const T* k, const
   std::vector<T> D((size_t)(a.Z * L));  // D = rowsum(dO * O)
 #pragma omp parallel for schedule(static) if (par)
   for (int64_t zi = 0; zi < a.Z * L; ++zi) D[zi] = dot(dout + zi * Ev, out + zi * Ev, Ev);
-  const size_t kps = (size_t)gemm_packed_b_size<T>(E, BC), vps = (size_t)gemm_packed_b_size<T>(Ev, BC);
+  const size_t kps = (size_t)(BC * E), vps = (size_t)(BC * Ev);  // pack_kt's panels
   // pass 1 (and, fused, the whole backward)
 #pragma omp parallel if (par)
   {
@@ -699,11 +708,10 @@ void backward_impl(const Ctx<T>& c, const T* dout, const T* q, const T* k, const
             backward_tile(c, z, i0, br, j0, bc, kpack.data(), vpack.data(), q, dout, lse, D.data(),
                           st.data(), dp.data(), dmask);
             // dV_j += P~ᵀ dO_i ; dK_j += dSᵀ Q_i ; (fused) dQ_i += dS K_j
-            mm<T>(bc, Ev, br, st.data(), 1, BC, dout + (z * L + i0) * Ev, Ev, 1, dv + (zk * S + j0) * Ev,
-                  Ev, true);
-            mm<T>(bc, E, br, dp.data(), 1, BC, q + (z * L + i0) * E, E, 1, dk + (zk * S + j0) * E, E, true);
+            mm_acc<T>(bc, Ev, br, st.data(), 1, BC, dout + (z * L + i0) * Ev, Ev, dv + (zk * S + j0) * Ev, Ev);
+            mm_acc<T>(bc, E, br, dp.data(), 1, BC, q + (z * L + i0) * E, E, dk + (zk * S + j0) * E, E);
             if (fused)
-              mm<T>(br, E, bc, dp.data(), BC, 1, k + (zk * S + j0) * E, E, 1, dq + (z * L + i0) * E, E, true);
+              mm_acc<T>(br, E, bc, dp.data(), BC, 1, k + (zk * S + j0) * E, E, dq + (z * L + i0) * E, E);
           }
         }
       }
@@ -726,7 +734,7 @@ void backward_impl(const Ctx<T>& c, const T* dout, const T* q, const T* k, const
         pack_kv(a, k, v, zk, j0, bc, kpack.data(), vpack.data());
         backward_tile(c, z, i0, br, j0, bc, kpack.data(), vpack.data(), q, dout, lse, D.data(), st.data(),
                       dp.data(), (T*)nullptr);
-        mm<T>(br, E, bc, dp.data(), BC, 1, k + (zk * S + j0) * E, E, 1, dq + (z * L + i0) * E, E, true);
+        mm_acc<T>(br, E, bc, dp.data(), BC, 1, k + (zk * S + j0) * E, E, dq + (z * L + i0) * E, E);
       }
     }
   }
