@@ -10,10 +10,14 @@
 //
 // Threads: rows are split into contiguous ranges of about equal (edges + rows), several per
 // thread, handed out dynamically (for_rows), so a few hub rows on a power-law graph and a
-// preempted thread on a loaded machine do not stall the others. Each output element is computed by one
-// thread, its edges taken in CSR order: no atomics, bitwise repeatable at any thread count.
+// preempted thread on a loaded machine do not stall the others. Each output element is
+// computed by one thread, its edges taken in CSR order; except that a sum's hub rows (more
+// than HUB_EDGES edges) are cut into fixed HUB_EDGES-edge pieces, summed in parallel and
+// merged in piece order, so one node with most of the edges does not serialize. No atomics,
+// and the pieces do not depend on the thread count: bitwise repeatable at any thread count.
 // Vectorization: along the features, vec<T> in blocks of 8/4/2/1 registers held across the
 // row's edges, then a scalar tail for F % width. All offsets are int64.
+#include <algorithm>
 #include <cmath>
 #include <memory>
 #include <vector>
@@ -123,21 +127,27 @@ inline void sum_tail(int64_t k0, int64_t k1, const I* col, const int64_t* perm, 
   for (int64_t i = 0; i < n; ++i) o[i] = acc[i] * scale;
 }
 
+// A row with more edges than this (a hub) is summed in pieces of HUB_EDGES edges, in
+// parallel, into partials that are then added in piece order (graph_segment_sum): the pieces
+// and the order do not depend on the thread count, so the result stays bitwise repeatable.
+constexpr int64_t HUB_EDGES = 8192;
+
+inline int64_t sum_prefetch_distance(int64_t F, int64_t W, int64_t size) {
+  return prefetch_distance((F < 8 * W ? F : 8 * W) * size);
+}
+
+// o[0 : H*F] = s * sum over edges [k0, k1) (one row, or one piece of a hub row); kend: how far
+// the prefetch may run past k1 (the end of this thread's range; k1 for a piece).
 template <typename T, typename I, bool WEIGHTED>
-void segment_sum_rows(int64_t r0, int64_t r1, const int64_t* indptr, const I* col, const int64_t* perm,
-                      const T* w, int64_t H, int64_t F, const T* x, const T* scale, T* out) {
+inline void sum_row(int64_t k0, int64_t k1, const I* col, const int64_t* perm, const T* w, int64_t H, int64_t F,
+                    const T* x, T s, T* out_row, int64_t pd, int64_t kend) {
   constexpr int W = simd<T>::width;
   const int64_t ldx = H * F;
-  const int64_t kend = indptr[r1];
-  const int64_t blk = F < 8 * W ? F : 8 * W;
-  const int64_t pd = prefetch_distance(blk * (int64_t)sizeof(T));
-  for (int64_t r = r0; r < r1; ++r) {
-    const int64_t k0 = indptr[r], k1 = indptr[r + 1];
-    const T s = scale ? scale[r] : T(1);
+  {
     for (int64_t h = 0; h < H; ++h) {
       const T* xh = x + h * F;
       const T* wh = WEIGHTED ? w + h : nullptr;
-      T* o = out + r * ldx + h * F;
+      T* o = out_row + h * F;
       // prefetch past this row only from its last vector block of the last head (the next
       // row starts at head 0, feature 0); the other blocks prefetch within the row
       const auto ke = [&](int64_t f_next) { return h + 1 == H && f_next + W > F ? kend : k1; };
@@ -148,6 +158,19 @@ void segment_sum_rows(int64_t r0, int64_t r1, const int64_t* indptr, const I* co
       if (f + W <= F) { sum_block<T, I, WEIGHTED, 1>(k0, k1, col, perm, wh, H, xh + f, ldx, s, o + f, x, pd, ke(f + W)); f += W; }
       if (f < F) sum_tail<T, I, WEIGHTED>(k0, k1, col, perm, wh, H, xh + f, ldx, s, o + f, F - f);
     }
+  }
+}
+
+// Rows [r0, r1), hub rows left out (their pieces are summed apart).
+template <typename T, typename I, bool WEIGHTED>
+void segment_sum_rows(int64_t r0, int64_t r1, const int64_t* indptr, const I* col, const int64_t* perm,
+                      const T* w, int64_t H, int64_t F, const T* x, const T* scale, T* out) {
+  const int64_t kend = indptr[r1];
+  const int64_t pd = sum_prefetch_distance(F, simd<T>::width, sizeof(T));
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t k0 = indptr[r], k1 = indptr[r + 1];
+    if (k1 - k0 > HUB_EDGES) continue;
+    sum_row<T, I, WEIGHTED>(k0, k1, col, perm, w, H, F, x, scale ? scale[r] : T(1), out + r * H * F, pd, kend);
   }
 }
 
@@ -247,6 +270,49 @@ void graph_segment_sum(int64_t R, const int64_t* indptr, const I* col, const int
     if (w) segment_sum_rows<T, I, true>(r0, r1, indptr, col, perm, w, H, F, x, scale, out);
     else segment_sum_rows<T, I, false>(r0, r1, indptr, col, perm, w, H, F, x, scale, out);
   });
+  // hub rows: pieces of HUB_EDGES edges into partials (any thread), then each hub's partials
+  // added in piece order
+  std::vector<int64_t> hubs, first;  // hub rows; first[i] = the first piece of hub i
+  std::vector<int64_t> piece_k0;     // each piece's first edge (its last: the next piece's, or the row's end)
+  for (int64_t r = 0; r < R; ++r) {
+    const int64_t k0 = indptr[r], k1 = indptr[r + 1];
+    if (k1 - k0 <= HUB_EDGES) continue;
+    hubs.push_back(r);
+    first.push_back((int64_t)piece_k0.size());
+    for (int64_t k = k0; k < k1; k += HUB_EDGES) piece_k0.push_back(k);
+  }
+  if (hubs.empty()) return;
+  first.push_back((int64_t)piece_k0.size());
+  const int64_t n_hubs = (int64_t)hubs.size(), n_pieces = (int64_t)piece_k0.size(), HF = H * F;
+  std::unique_ptr<T[]> part(new T[(size_t)(n_pieces * HF)]);
+  T* pt = part.get();
+  const int64_t pd = sum_prefetch_distance(F, simd<T>::width, sizeof(T));
+  const bool par = !in_parallel() && max_threads() > 1;
+#pragma omp parallel if (par)
+  {
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t p = 0; p < n_pieces; ++p) {
+      // the piece's hub: the last i with first[i] <= p
+      const int64_t i = (int64_t)(std::upper_bound(first.begin(), first.end(), p) - first.begin()) - 1;
+      const int64_t k0 = piece_k0[(size_t)p];
+      const int64_t k1 = std::min(k0 + HUB_EDGES, indptr[hubs[(size_t)i] + 1]);
+      if (w) sum_row<T, I, true>(k0, k1, col, perm, w, H, F, x, T(1), pt + p * HF, pd, k1);
+      else sum_row<T, I, false>(k0, k1, col, perm, w, H, F, x, T(1), pt + p * HF, pd, k1);
+    }
+    // merge: hub i's partials in piece order, columns split in blocks across threads
+    constexpr int64_t CB = 256;
+    const int64_t nb = (HF + CB - 1) / CB;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t j = 0; j < n_hubs * nb; ++j) {
+      const int64_t i = j / nb, c0 = (j % nb) * CB, c1 = std::min(c0 + CB, HF), r = hubs[(size_t)i];
+      const T s = scale ? scale[r] : T(1);
+      T* o = out + r * HF;
+      for (int64_t c = c0; c < c1; ++c) o[c] = pt[first[(size_t)i] * HF + c];
+      for (int64_t p = first[(size_t)i] + 1; p < first[(size_t)i + 1]; ++p)
+        for (int64_t c = c0; c < c1; ++c) o[c] += pt[p * HF + c];
+      for (int64_t c = c0; c < c1; ++c) o[c] *= s;
+    }
+  }
 }
 
 template <typename T, typename I>

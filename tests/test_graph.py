@@ -77,12 +77,25 @@ def test_graph_built_once_reused(rng):
 @pytest.mark.skipif(not _cpp.available(), reason="C++ backend not built")
 @pytest.mark.parametrize("reduce", ["sum", "mean", "max", "min"])
 def test_cpp_same_bits_at_any_thread_count(reduce, rng):
-    """Rows split by edge count: a hub with most edges; 1 or 2 threads give the same bits."""
-    V, E = 300, 5000
+    """A target hub with most edges and a source hub (the backward's transpose), both past
+    HUB_EDGES = 8192 (cut into pieces): 1 or 2 threads give the same bits, and the float64
+    result matches the reference."""
+    V, E = 300, 24000
     dst = np.where(rng.random(E) < 0.8, 7, rng.integers(0, V, E))
-    g = dk.Graph(np.stack([rng.integers(0, V, E), dst]), num_nodes=V)
-    x = rng.standard_normal((V, 37)).astype(np.float32)
-    w = rng.standard_normal(E).astype(np.float32)
+    src = np.where(rng.random(E) < 0.4, 11, rng.integers(0, V, E))
+    g = dk.Graph(np.stack([src, dst]), num_nodes=V)
+    x = rng.standard_normal((V, 37))
+    w = rng.standard_normal(E)
+    gy = rng.standard_normal((V, 37))
+    with dk.backend("reference"):
+        ref, rsaved = dk.aggregate_forward(g, x, reduce, w)
+        ref_grads = dk.aggregate_backward(gy, rsaved)
+    with dk.backend("cpp"):
+        out, saved = dk.aggregate_forward(g, x, reduce, w)
+        grads = dk.aggregate_backward(gy, saved)
+    for a, b in zip([out, *grads], [ref, *ref_grads]):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-9)
+    x, w = x.astype(np.float32), w.astype(np.float32)
     runs = []
     before = dk.get_num_threads()
     try:
