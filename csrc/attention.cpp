@@ -4,13 +4,14 @@
 // a BR x BC score tile lives in a per-thread buffer, so the memory beyond inputs and outputs
 // is O((BR + S) * E) per thread (the S * E is the current head's packed keys and values).
 //
-// forward (flash): for each output head z (in order), the keys and values of its key head
-//   are packed for the packed GEMM (per thread, once per key head it meets); tasks are query
-//   blocks of every head, no barriers: S = Q Kᵀ (gemm), online softmax on the tile rows (running max m, sum l, the
-//   accumulator rescaled by exp(m_old - m_new)), O += P V (gemm). Key blocks past the causal
+// forward (flash): for each output head z (in order), the keys of its key head are packed
+//   (per thread, once per key head it meets); tasks are query blocks of every head, no
+//   barriers: S = Q Kᵀ (own register tile), online softmax on the tile rows (running max m,
+//   sum l), O = alpha O + P V (own register tile, alpha = exp(m_old - m_new)). Key blocks past the causal
 //   diagonal are never visited. The row log-sum-exp m + log l is saved (+inf: fully masked).
-// forward (rows): L <= ROWS_MAX_L (decoding): one task per query row streams over the keys,
-//   dot products along E, the same online softmax, O += p v: keys and values are read once.
+// forward (rows): L <= ROWS_MAX_L (decoding): one task per query row (and, with few rows, per
+//   chunk of 2048 keys, the chunks combined in order afterwards) streams over the keys, dot
+//   products along E, the same online softmax, O += p v: keys and values are read once.
 // backward: D = rowsum(dO * O) first; then per tile S = Q Kᵀ, P = exp(S - lse), dP = dO Vᵀ,
 //   dS = P * (dP * drop - D), dV_j += P~ᵀ dO, dK_j += scale dSᵀ Q_i, dQ_i += scale dS K_j. No two
 //   tasks write the same block (no atomics, no races); with many key heads one task per key
@@ -545,19 +546,30 @@ void forward_rows(const Ctx<T>& c, const T* q, const T* k, const T* v, const int
   const int64_t L = a.L, S = a.S, E = a.E, Ev = a.Ev;
   const T ninf = -std::numeric_limits<T>::infinity();
   const bool par = (double)a.Z * (double)L * (double)S * (double)(E + Ev) > 262144.0;
+  // Few rows (e.g. one decoding head): the keys are split into chunks of CH, each chunk's
+  // (max, sum, accumulator) computed alone, then combined per row in chunk order. CH depends
+  // on the shape only, never on the thread count: the result is the same at any thread count.
+  const int64_t rows = a.Z * L;
+  const int64_t CH = rows >= 16 ? std::max<int64_t>(S, 1) : 2048;
+  const int64_t nch = std::max<int64_t>(1, (S + CH - 1) / CH);
+  const int64_t pw = Ev + 2;  // per (row, chunk): m, l, acc[Ev]
+  std::vector<T> part((size_t)(rows * nch * pw));
 #pragma omp parallel if (par)
   {
-    std::vector<T> st((size_t)BC), acc((size_t)Ev);
+    std::vector<T> st((size_t)BC);
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t zi = 0; zi < a.Z * L; ++zi) {
+    for (int64_t t = 0; t < rows * nch; ++t) {
+      const int64_t zi = t / nch, ch = t % nch;
       const int64_t z = zi / L, i = zi % L, zk = kv_index[z];
       const T* qr = q + zi * E;
       const T* kz = k + zk * S * E;
       const T* vz = v + zk * S * Ev;
+      T* pr = part.data() + t * pw;
+      T* acc = pr + 2;
       T m = ninf, l = 0;
-      std::fill(acc.begin(), acc.end(), T(0));
-      const int64_t send = a.causal ? std::min(S, i + 1) : S;
-      for (int64_t j0 = 0; j0 < send; j0 += BC) {
+      std::fill(acc, acc + Ev, T(0));
+      const int64_t send = std::min(a.causal ? std::min(S, i + 1) : S, (ch + 1) * CH);
+      for (int64_t j0 = ch * CH; j0 < send; j0 += BC) {
         const int64_t bc = std::min(BC, send - j0);
         for (int64_t j = 0; j < bc; ++j) st[j] = dot(qr, kz + (j0 + j) * E, E);
         const T mt = prep_row(c, st.data(), bc, z, i, j0);
@@ -569,10 +581,20 @@ void forward_rows(const Ctx<T>& c, const T* q, const T* k, const T* v, const int
         if (a.dropout) drop_row(a, st.data(), bc, z, i, j0);
         constexpr int W = simd<T>::width;
         int64_t f = 0;
+        for (; f + 2 * W <= Ev; f += 2 * W) {  // two vectors of V per key: 2 independent chains
+          vec<T> o0 = vload(acc + f) * alpha, o1 = vload(acc + f + W) * alpha;
+          for (int64_t j = 0; j < bc; ++j) {
+            const T* vr = vz + (j0 + j) * Ev + f;
+            o0 += st[j] * vload(vr);
+            o1 += st[j] * vload(vr + W);
+          }
+          vstore(acc + f, o0);
+          vstore(acc + f + W, o1);
+        }
         for (; f + W <= Ev; f += W) {
-          vec<T> o = vload(acc.data() + f) * alpha;
+          vec<T> o = vload(acc + f) * alpha;
           for (int64_t j = 0; j < bc; ++j) o += st[j] * vload(vz + (j0 + j) * Ev + f);
-          vstore(acc.data() + f, o);
+          vstore(acc + f, o);
         }
         for (; f < Ev; ++f) {
           T o = acc[f] * alpha;
@@ -580,13 +602,33 @@ void forward_rows(const Ctx<T>& c, const T* q, const T* k, const T* v, const int
           acc[f] = o;
         }
       }
+      pr[0] = m;
+      pr[1] = l;
+    }
+    // combine the chunks of each row, in chunk order
+#pragma omp for schedule(static)
+    for (int64_t zi = 0; zi < rows; ++zi) {
+      const T* p0 = part.data() + zi * nch * pw;
+      T M = ninf;
+      for (int64_t ch = 0; ch < nch; ++ch) M = std::max(M, p0[ch * pw]);
       T* o = out + zi * Ev;
-      if (l == T(0)) {
+      T l = 0;
+      std::fill(o, o + Ev, T(0));
+      if (M != ninf) {
+        for (int64_t ch = 0; ch < nch; ++ch) {
+          const T* pr = p0 + ch * pw;
+          const T w = sexp(pr[0] - M);
+          l += pr[1] * w;
+          for (int64_t f = 0; f < Ev; ++f) o[f] += pr[2 + f] * w;
+        }
+      }
+      if (l == T(0)) {  // every key masked
         std::fill(o, o + Ev, T(0));
         lse[zi] = std::numeric_limits<T>::infinity();
       } else {
-        for (int64_t f = 0; f < Ev; ++f) o[f] = acc[f] / l;
-        lse[zi] = m + std::log(l);
+        const T inv = T(1) / l;
+        for (int64_t f = 0; f < Ev; ++f) o[f] *= inv;
+        lse[zi] = M + std::log(l);
       }
     }
   }

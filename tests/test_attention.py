@@ -163,6 +163,25 @@ def test_causal_l_ne_s_and_gqa(backend, LS):
         np.testing.assert_allclose(a, b.numpy(), rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("kw", [{}, {"is_causal": True}, {"mask": True}, {"dropout_p": 0.25, "seed": 3}])
+def test_decode_path_splits_long_key_sequences(kw):
+    """Few query rows (L <= 4, fewer than 16 rows): the keys go in chunks of 2048, combined in order."""
+    rng = np.random.default_rng(10)
+    L, S = 3, 5000
+    q, k, v = _rand(rng, 1, 2, L, 40), _rand(rng, 1, 2, S, 40), _rand(rng, 1, 2, S, 24)
+    kw = dict(kw)
+    m = None
+    if kw.pop("mask", False):
+        m = rng.random((1, 1, L, S)) > 0.3
+        m[..., 1, :] = False  # one fully masked row
+        m[..., 2, :2100] = False  # the first chunk of row 2 fully masked
+    with dk.backend("reference"):
+        ref = dk.scaled_dot_product_attention(q, k, v, m, **kw)
+    with dk.backend("cpp"):
+        out = dk.scaled_dot_product_attention(q, k, v, m, **kw)
+    np.testing.assert_allclose(out, ref, rtol=1e-11, atol=1e-12)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_cpp_backward_bitwise_repeatable_across_thread_counts(dtype):
     """3 key heads: one thread runs the fused schedule (one task per key head), two and three

@@ -33,8 +33,10 @@ is_causal and L = S; backward = 2.5x forward (five products).
 Variants (the ladder):
     reference/dense  NumPy, builds the (Z, L, S) scores: the oracle (reference.py)
     numba/rows       one query row at a time, O(S) scratch per row; backward per key head (numba.py)
-    cpp/flash        tiles of queries x keys through the packed GEMM, online softmax, causal tiles
-                     skipped; L <= 4 takes a streaming decode path (csrc/attention.cpp)
+    cpp/flash        tiles of queries x keys through register tiles of its own (no packing of the
+                     score tile), online softmax, causal tiles skipped; backward two-pass when key
+                     heads are few; L <= 4 takes a streaming decode path that splits the keys
+                     into fixed chunks when rows are few (csrc/attention.cpp)
 """
 
 from __future__ import annotations
