@@ -138,3 +138,31 @@ def test_swapped_into_pyg_convs(conv, monkeypatch):
     torch.testing.assert_close(out_adj, ref_adj)
     for a, b in zip(_grads(model, out_adj), ref_adj_grads):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("reduce", ["sum", "mean", "max"])
+def test_scatter_and_spmm_on_cuda_tensors(reduce):
+    """CUDA tensors run the cuda kernels on torch's stream: same results and gradients as on the CPU."""
+    pytest.importorskip("cupy")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    g = torch.Generator().manual_seed(0)
+    src = torch.randn(40, 6, dtype=torch.float64, generator=g)
+    index = torch.randint(0, 9, (40,), generator=g)
+    ei = torch.randint(0, 12, (2, 50), generator=g)
+    adj = torch.sparse_coo_tensor(ei, torch.rand(50, dtype=torch.float64, generator=g), (12, 12)).coalesce()
+    x = torch.randn(12, 5, dtype=torch.float64, generator=g)
+    for f, args in ((lambda s, i: dlt.scatter(s, i, 0, 9, reduce), (src, index)),
+                    (lambda a, v: dlt.spmm(a, v, reduce), (adj, x))):
+        cpu_in = [args[0], args[1].clone().requires_grad_()] if args[0].is_sparse else \
+            [args[0].clone().requires_grad_(), args[1]]
+        dev_in = [t.detach().cuda().requires_grad_(t.requires_grad) for t in cpu_in]
+        y, yd = f(*cpu_in), f(*dev_in)
+        assert yd.is_cuda
+        torch.testing.assert_close(yd.cpu(), y)
+        gy = torch.randn_like(y)
+        grads = torch.autograd.grad(y, [t for t in cpu_in if t.requires_grad], gy)
+        grads_d = torch.autograd.grad(yd, [t for t in dev_in if t.requires_grad], gy.cuda())
+        for a, b in zip(grads_d, grads):
+            torch.testing.assert_close(a.cpu(), b)

@@ -15,6 +15,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from .._arrays import contiguous
 from .._registry import dispatch
 from ..ops import graph as G
 from . import _bridge as B
@@ -24,9 +25,10 @@ from . import _bridge as B
 
 @torch.library.custom_op("dlkernels::scatter", mutates_args=())
 def _scatter(src: torch.Tensor, index: torch.Tensor, dim: int, dim_size: int, reduce: str) -> torch.Tensor:
-    out, _ = G.scatter_forward(B.to_array(src.contiguous(), "src"), B.to_array(index.contiguous(), "index"),
-                               dim, dim_size, reduce)
-    return torch.from_numpy(out)
+    with B.cuda_stream(src):
+        out, _ = G.scatter_forward(B.to_array(src.contiguous(), "src"), B.to_array(index.contiguous(), "index"),
+                                   dim, dim_size, reduce)
+        return B.to_tensor(out)
 
 
 @_scatter.register_fake
@@ -38,10 +40,11 @@ def _(src, index, dim, dim_size, reduce):
 @torch.library.custom_op("dlkernels::scatter_backward", mutates_args=())
 def _scatter_backward(grad: torch.Tensor, src: torch.Tensor, index: torch.Tensor, out: torch.Tensor, dim: int,
                       reduce: str) -> torch.Tensor:
-    saved = G.scatter_saved(B.to_array(src.contiguous(), "src"), B.to_array(index.contiguous(), "index"), dim,
-                            B.to_array(out.contiguous(), "out"), reduce)
-    (ds,) = G.scatter_backward(B.to_array(grad.contiguous(), "grad_output"), saved)
-    return torch.from_numpy(ds)
+    with B.cuda_stream(src):
+        saved = G.scatter_saved(B.to_array(src.contiguous(), "src"), B.to_array(index.contiguous(), "index"), dim,
+                                B.to_array(out.contiguous(), "out"), reduce)
+        (ds,) = G.scatter_backward(B.to_array(grad.contiguous(), "grad_output"), saved)
+        return B.to_tensor(ds)
 
 
 @_scatter_backward.register_fake
@@ -83,8 +86,9 @@ def scatter(src: torch.Tensor, index: torch.Tensor, dim: int = 0, dim_size: Opti
 
 
 def _csr(crow: torch.Tensor, col: torch.Tensor, n_cols: int) -> G.Csr:
-    ip = B.to_array(crow.contiguous(), "crow_indices").astype(np.int64, copy=False)
-    cx = B.to_array(col.contiguous(), "col_indices")
+    # the CSR lives on the host (the cuda glue keeps device copies): CUDA indices are copied once
+    ip = G.host(B.to_array(crow.contiguous(), "crow_indices")).astype(np.int64, copy=False)
+    cx = G.host(B.to_array(col.contiguous(), "col_indices"))
     M = ip.shape[0] - 1
     dst = np.repeat(np.arange(M, dtype=cx.dtype), np.diff(ip))
     G.structure._check_edges(cx, dst, n_cols, M, "adj")
@@ -95,8 +99,10 @@ def _csr(crow: torch.Tensor, col: torch.Tensor, n_cols: int) -> G.Csr:
 def _spmm_csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, x: torch.Tensor, reduce: str) -> torch.Tensor:
     """out = adj @ x with adj given by CSR arrays (crow (M+1,), col (E,), values (E,)); x (N, F)."""
     csr = _csr(crow, col, x.shape[0])
-    out, _ = G.aggregate_csr(csr, B.to_array(x.contiguous(), "x"), reduce, B.to_array(values.contiguous(), "values"))
-    return torch.from_numpy(out)
+    with B.cuda_stream(x):
+        out, _ = G.aggregate_csr(csr, B.to_array(x.contiguous(), "x"), reduce,
+                                 B.to_array(values.contiguous(), "values"))
+        return B.to_tensor(out)
 
 
 @_spmm_csr.register_fake
@@ -109,14 +115,15 @@ def _spmm_csr_backward(grad: torch.Tensor, crow: torch.Tensor, col: torch.Tensor
                        x: torch.Tensor, out: torch.Tensor, reduce: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(grad_values, grad_x)."""
     csr = _csr(crow, col, x.shape[0])
-    xa, w = B.to_array(x.contiguous(), "x"), B.to_array(values.contiguous(), "values")
-    x2 = xa.reshape(xa.shape[0], -1) if xa.shape[0] else xa.reshape(0, int(np.prod(xa.shape[1:])))
-    o = B.to_array(out.contiguous(), "out")
-    saved = G.AggregateSaved(csr, np.ascontiguousarray(x2), w,
-                             np.ascontiguousarray(o.reshape(csr.n_dst, x2.shape[1])) if reduce in ("max", "min") else None,
-                             reduce, tuple(xa.shape))
-    dx, dw = G.aggregate_backward(B.to_array(grad.contiguous(), "grad_output"), saved)
-    return torch.from_numpy(dw), torch.from_numpy(dx)
+    with B.cuda_stream(x):
+        xa, w = B.to_array(x.contiguous(), "x"), B.to_array(values.contiguous(), "values")
+        x2 = xa.reshape(xa.shape[0], -1) if xa.shape[0] else xa.reshape(0, int(np.prod(xa.shape[1:])))
+        o = B.to_array(out.contiguous(), "out")
+        saved = G.AggregateSaved(csr, contiguous(x2), w,
+                                 contiguous(o.reshape(csr.n_dst, x2.shape[1])) if reduce in ("max", "min") else None,
+                                 reduce, tuple(xa.shape))
+        dx, dw = G.aggregate_backward(B.to_array(grad.contiguous(), "grad_output"), saved)
+        return B.to_tensor(dw), B.to_tensor(dx)
 
 
 @_spmm_csr_backward.register_fake

@@ -40,7 +40,7 @@ from ..._arrays import (Array, as_array, as_int, check_float, check_index, check
                         wrap, xp)
 from ..._registry import dispatch, register
 from . import cpp, numba, reference
-from .structure import Csr, Graph, host
+from .structure import Csr, Graph, host  # noqa: F401  (host: for the adapters)
 
 REDUCES = ("sum", "mean", "max", "min")
 
