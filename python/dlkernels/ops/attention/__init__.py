@@ -189,7 +189,8 @@ def scaled_dot_product_attention_backward(grad_output: Any, saved: AttentionSave
     """(grad_query, grad_key, grad_value, grad_attn_mask) from the forward's AttentionSaved.
 
     grad_attn_mask is None unless the mask was a float mask and needs_input_grad[3] asks for
-    it. The result is bitwise repeatable at a fixed thread count (no atomics).
+    it. The result is bitwise repeatable (no atomics; the cpp backend sums every block in one
+    fixed order, at any thread count).
     """
     s = saved
     g = as_array(grad_output, "grad_output")
