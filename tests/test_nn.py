@@ -49,7 +49,7 @@ def test_training_steps_match_torch_in_float64(rng, opt_name):
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
     tmodel = _torch_cnn()
-    model = _cnn("float64")
+    model = _cnn(np.float64)
     assert list(model.state_dict()) == list(tmodel.state_dict())
     model.load_state_dict({k: v.numpy() for k, v in tmodel.state_dict().items()})
     x, y = _data(rng, 8)

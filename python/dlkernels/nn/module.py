@@ -29,7 +29,12 @@ def rng() -> np.random.Generator:
 
 def as_dtype(dtype: Any) -> np.dtype:
     """np.dtype of float32/float64 given as NumPy, string or torch dtype."""
-    d = np.dtype(str(dtype).replace("torch.", "")) if dtype is not None else np.dtype(np.float32)
+    if dtype is None:
+        d = np.dtype(np.float32)
+    elif type(dtype).__module__.startswith("torch"):
+        d = np.dtype(str(dtype).removeprefix("torch."))
+    else:
+        d = np.dtype(dtype)
     if d not in (np.float32, np.float64):
         raise TypeError(f"dtype: expected float32 or float64, got {d}")
     return d
