@@ -248,6 +248,7 @@ def plot(results: dict, path: str) -> None:
     ax.bar(x - 0.2, fwd, 0.4, label="forward")
     ax.bar(x + 0.2, both, 0.4, label="forward+backward")
     ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_yscale("log")
     ax.set_xticks(x, labels, rotation=70, ha="right", fontsize=7)
     ax.set_ylabel("speedup vs peer (same process)")
     ax.set_title(f"dlkernels bench — {results['machine']['cpu']}, {results['machine']['threads']} threads")
