@@ -443,3 +443,233 @@ def conv2d_backward_numba_im2col(dy: np.ndarray, x: np.ndarray, w: np.ndarray, p
         if N:
             _grad_bias(dy, db)
     return dx, dw, db
+
+
+# ---- depthwise -------------------------------------------------------------------------------
+# One input channel per group (w.shape[1] == 1): output channel k reads only input channel
+# ci = k // Kg (Kg = K/groups, the channel multiplier), so every plane is a 2-D correlation of
+# one input plane with one R x S filter. The planes are copied into zero-bordered buffers, so
+# no tap needs a bounds test. With stride 1 the buffer is "wide": an output plane of P rows
+# is computed Wb = Q + (S-1)*dw columns wide, so that output pixel j = p*Wb + q reads buffer
+# element j + r*dh*Wb + s*dw for tap (r, s): every tap is one contiguous loop over the whole
+# plane (P*Wb elements), which LLVM vectorizes; the Wb - Q extra columns per row are computed
+# and thrown away. Other strides take row loops over the padded buffer.
+# Determinism: every output element is summed by one thread in a fixed order.
+
+
+@numba.njit(cache=True)
+def _place(src, buf, Hb, Wb, oh, ow):  # pragma: no cover - compiled
+    """buf[(a + oh)*Wb + ow + c] = src[a, c] where that lies inside the Hb x Wb buffer.
+
+    Called again with the same shapes and offsets it writes the same elements, so a border
+    that was zero stays zero.
+    """
+    Hs, Ws = src.shape
+    a0 = max(0, -oh)
+    a1 = min(Hs, Hb - oh)
+    c0 = max(0, -ow)
+    c1 = min(Ws, Wb - ow)
+    for a in range(a0, a1):
+        row = src[a, c0:c1]  # slices, so that the loop index is the array index (see _axpy)
+        dst = buf[(a + oh) * Wb + ow + c0:]
+        for c in range(c1 - c0):
+            dst[c] = row[c]
+
+
+@numba.njit(cache=True, inline="always")
+def _axpy(acc, wv, src, off, L):  # pragma: no cover - compiled
+    """acc[j] += wv * src[j + off] for j < L: the contiguous loop every tap runs.
+
+    Through a slice, so that the index is j alone: numba's check for negative indices on
+    j + off would keep LLVM from vectorizing the loop (measured 8x slower).
+    """
+    seg = src[off:off + L]
+    for j in range(L):
+        acc[j] += wv * seg[j]
+
+
+# Threads: a contiguous chunk of the N*K output planes per thread (prange over the threads),
+# each with its own input and output buffers.
+@numba.njit(cache=True, parallel=True, fastmath={"contract"})
+def _dw_forward(x, w, b, y, T, sh, sw, pt, pl, dh, dw):  # pragma: no cover - compiled
+    N, C, H, W = x.shape
+    K, _, R, S = w.shape
+    P, Q = y.shape[2], y.shape[3]
+    Kg = K // C
+    unit = sh == 1 and sw == 1
+    Wb = Q + (S - 1) * dw if unit else max(pl + W, (Q - 1) * sw + (S - 1) * dw + 1)
+    Hb = P + (R - 1) * dh if unit else max(pt + H, (P - 1) * sh + (R - 1) * dh + 1)
+    L = P * Wb
+    NK = N * K
+    for t in prange(T):
+        xb = np.zeros(Hb * Wb + (S - 1) * dw, x.dtype)
+        ob = np.empty(L, x.dtype)
+        placed = -1
+        for nk in range(t * NK // T, (t + 1) * NK // T):
+            n = nk // K
+            k = nk % K
+            ci = k // Kg
+            if n * C + ci != placed:
+                _place(x[n, ci], xb, Hb, Wb, pt, pl)
+                placed = n * C + ci
+            out = y[n, k]
+            if unit:
+                ob[:] = b[k]
+                for r in range(R):
+                    for s in range(S):
+                        _axpy(ob, w[k, 0, r, s], xb, r * dh * Wb + s * dw, L)
+                for p in range(P):
+                    orow = out[p]
+                    seg = ob[p * Wb:]
+                    for q in range(Q):
+                        orow[q] = seg[q]
+            else:
+                for p in range(P):
+                    orow = out[p]
+                    orow[:] = b[k]
+                    for r in range(R):
+                        base = (p * sh + r * dh) * Wb
+                        for s in range(S):
+                            wv = w[k, 0, r, s]
+                            o = base + s * dw
+                            for q in range(Q):
+                                orow[q] += wv * xb[o + q * sw]
+
+
+# Threads: a contiguous chunk of the N*C input planes per thread; plane (n, ci) gathers the Kg
+# output channels of its group in order, so no two threads write one element. Stride 1: dx is
+# the correlation of dy, zero-bordered by (R-1)*dh - pt rows and (S-1)*dw - pl columns (a
+# negative border crops), with the flipped filter, computed wide as in the forward. Other
+# strides: scatter dy into a padded dx buffer row by row, then crop.
+@numba.njit(cache=True, parallel=True, fastmath={"contract"})
+def _dw_grad_input(dy, w, dx, T, sh, sw, pt, pl, dh, dw):  # pragma: no cover - compiled
+    N, C, H, W = dx.shape
+    K, _, R, S = w.shape
+    P, Q = dy.shape[2], dy.shape[3]
+    Kg = K // C
+    unit = sh == 1 and sw == 1
+    Wb = W + (S - 1) * dw if unit else max(pl + W, (Q - 1) * sw + (S - 1) * dw + 1)
+    Hb = H + (R - 1) * dh if unit else max(pt + H, (P - 1) * sh + (R - 1) * dh + 1)
+    L = H * Wb
+    NC = N * C
+    for t in prange(T):
+        gb = np.zeros(Hb * Wb + (S - 1) * dw, dx.dtype)  # stride 1: the bordered dy
+        ob = np.empty(L if unit else Hb * Wb, dx.dtype)  # the wide (or padded) dx
+        for nc in range(t * NC // T, (t + 1) * NC // T):
+            n = nc // C
+            ci = nc % C
+            ob[:] = 0
+            for kk in range(Kg):
+                k = ci * Kg + kk
+                if unit:
+                    _place(dy[n, k], gb, Hb, Wb, (R - 1) * dh - pt, (S - 1) * dw - pl)
+                    for r in range(R):
+                        for s in range(S):
+                            _axpy(ob, w[k, 0, R - 1 - r, S - 1 - s], gb, r * dh * Wb + s * dw, L)
+                else:
+                    dyk = dy[n, k]
+                    for p in range(P):
+                        grow = dyk[p]
+                        for r in range(R):
+                            base = (p * sh + r * dh) * Wb
+                            for s in range(S):
+                                wv = w[k, 0, r, s]
+                                o = base + s * dw
+                                for q in range(Q):
+                                    ob[o + q * sw] += wv * grow[q]
+            plane = dx[n, ci]
+            oh = 0 if unit else pt
+            ow = 0 if unit else pl
+            for h in range(H):
+                xrow = plane[h]
+                seg = ob[(h + oh) * Wb + ow:]
+                for c in range(W):
+                    xrow[c] = seg[c]
+
+
+# Threads: a contiguous chunk of the K output channels per thread; channel k owns its R*S
+# weights and sums them over (n, p, q) in a fixed order (per sample, then over samples).
+# Stride 1: per sample and tap, one dot product over the wide plane, dy_wide . x_buf[offset:]
+# (dy_wide is zero in the thrown-away columns). Other strides: row loops.
+@numba.njit(cache=True, parallel=True, fastmath={"reassoc", "contract"})
+def _dw_grad_weight(dy, x, dwt, T, sh, sw, pt, pl, dh, dw):  # pragma: no cover - compiled
+    N, C, H, W = x.shape
+    K, _, R, S = dwt.shape
+    P, Q = dy.shape[2], dy.shape[3]
+    Kg = K // C
+    unit = sh == 1 and sw == 1
+    Wb = Q + (S - 1) * dw if unit else max(pl + W, (Q - 1) * sw + (S - 1) * dw + 1)
+    Hb = P + (R - 1) * dh if unit else max(pt + H, (P - 1) * sh + (R - 1) * dh + 1)
+    L = P * Wb
+    for t in prange(T):
+        xb = np.zeros(Hb * Wb + (S - 1) * dw, x.dtype)
+        gw = np.zeros(L, x.dtype)  # dy, wide: zero in the thrown-away columns
+        for k in range(t * K // T, (t + 1) * K // T):
+            ci = k // Kg
+            for r in range(R):
+                for s in range(S):
+                    dwt[k, 0, r, s] = 0
+            exact = not unit
+            if unit:
+                for n in range(N):
+                    _place(x[n, ci], xb, Hb, Wb, pt, pl)
+                    _place(dy[n, k], gw, P, Wb, 0, 0)
+                    for r in range(R):
+                        for s in range(S):
+                            seg = xb[r * dh * Wb + s * dw:]  # a slice, as in _axpy
+                            tot = dwt.dtype.type(0)
+                            for j in range(L):
+                                tot += gw[j] * seg[j]
+                            dwt[k, 0, r, s] += tot
+                # A thrown-away column multiplies a zero of gw by an input element, which
+                # gives NaN if that element is infinite: redo such a channel exactly.
+                for r in range(R):
+                    for s in range(S):
+                        if not np.isfinite(dwt[k, 0, r, s]):
+                            exact = True
+                if exact:
+                    for r in range(R):
+                        for s in range(S):
+                            dwt[k, 0, r, s] = 0
+            if exact:  # row loops over the kept outputs only
+                for n in range(N):
+                    _place(x[n, ci], xb, Hb, Wb, pt, pl)
+                    dyk = dy[n, k]
+                    for r in range(R):
+                        for s in range(S):
+                            tot = dwt.dtype.type(0)
+                            for p in range(P):
+                                grow = dyk[p]
+                                seg = xb[(p * sh + r * dh) * Wb + s * dw:]
+                                for q in range(Q):
+                                    tot += grow[q] * seg[q * sw]
+                            dwt[k, 0, r, s] += tot
+
+
+def conv2d_forward_numba_depthwise(x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
+                                   p: ConvParams) -> np.ndarray:
+    N, K = x.shape[0], w.shape[0]
+    y = np.empty((N, K, *p.out_size), x.dtype)
+    if y.size:
+        T = min(N * K, numba.get_num_threads())
+        _dw_forward(x, w, _bias(b, K, x.dtype), y, T, *_unpack(p)[:6])
+    return y
+
+
+def conv2d_backward_numba_depthwise(dy: np.ndarray, x: np.ndarray, w: np.ndarray, p: ConvParams,
+                                    needs: tuple[bool, bool, bool]) -> tuple:
+    N, C, K = x.shape[0], x.shape[1], w.shape[0]
+    dx = dw = db = None
+    if needs[0]:
+        dx = np.zeros_like(x)
+        if dx.size:
+            _dw_grad_input(dy, w, dx, min(N * C, numba.get_num_threads()), *_unpack(p)[:6])
+    if needs[1]:
+        dw = np.zeros_like(w)
+        if N:
+            _dw_grad_weight(dy, x, dw, min(K, numba.get_num_threads()), *_unpack(p)[:6])
+    if needs[2]:
+        db = np.zeros(K, dy.dtype)
+        if N:
+            _grad_bias(dy, db)
+    return dx, dw, db
