@@ -152,11 +152,11 @@ register("conv2d", "backward", "numba", "direct", numba.conv2d_backward_numba_di
 register("conv2d", "forward", "numba", "im2col", numba.conv2d_forward_numba_im2col, default=True)
 register("conv2d", "backward", "numba", "im2col", numba.conv2d_backward_numba_im2col, default=True)
 register("conv2d", "forward", "numba", "depthwise", numba.conv2d_forward_numba_depthwise,
-         supports=lambda x, w, b, p: None if cpp.depthwise(w, p) else "needs groups == input channels",
-         prefer=lambda x, w, b, p: cpp.depthwise(w, p))
+         supports=lambda x, w, b, p: None if numba.one_channel(w, p) else "needs one input channel per group",
+         prefer=lambda x, w, b, p: cpp.depthwise(w, p) or numba.one_channel(w, p))
 register("conv2d", "backward", "numba", "depthwise", numba.conv2d_backward_numba_depthwise,
-         supports=lambda dy, x, w, p, needs: None if cpp.depthwise(w, p) else "needs groups == input channels",
-         prefer=lambda dy, x, w, p, needs: cpp.depthwise(w, p))
+         supports=lambda dy, x, w, p, needs: None if numba.one_channel(w, p) else "needs one input channel per group",
+         prefer=lambda dy, x, w, p, needs: cpp.depthwise(w, p) or numba.one_channel(w, p))
 register("conv2d", "forward", "cpp", "im2col", cpp.forward("im2col"), default=True)
 register("conv2d", "backward", "cpp", "im2col", cpp.backward("im2col"), default=True)
 register("conv2d", "forward", "cpp", "depthwise", cpp.forward("depthwise"),

@@ -453,7 +453,8 @@ def conv2d_backward_numba_im2col(dy: np.ndarray, x: np.ndarray, w: np.ndarray, p
 # is computed Wb = Q + (S-1)*dw columns wide, so that output pixel j = p*Wb + q reads buffer
 # element j + r*dh*Wb + s*dw for tap (r, s): every tap is one contiguous loop over the whole
 # plane (P*Wb elements), which LLVM vectorizes; the Wb - Q extra columns per row are computed
-# and thrown away. Other strides take row loops over the padded buffer.
+# and thrown away. Other strides take row loops over the padded buffer. Registered for every
+# conv with one input channel per group, groups == 1 (C == 1) included.
 # Determinism: every output element is summed by one thread in a fixed order.
 
 
@@ -644,6 +645,16 @@ def _dw_grad_weight(dy, x, dwt, T, sh, sw, pt, pl, dh, dw):  # pragma: no cover 
                                 for q in range(Q):
                                     tot += grow[q] * seg[q * sw]
                             dwt[k, 0, r, s] += tot
+
+
+def one_channel(w: np.ndarray, p: ConvParams) -> str | None:
+    """Why the depthwise kernel also fits a groups == 1 conv with one input channel, or None.
+
+    C/groups == 1 is all the depthwise kernel needs (output channel k reads input channel
+    k // Kg); with C == 1 it runs as one group with K outputs (the foundation's C1 shape,
+    N64 C1 32x32 K32 5x5: forward 1.51 ms vs im2col's 3.13 ms, forward+backward 13.5 vs 24.0 ms).
+    """
+    return "one input channel per group" if w.shape[1] == 1 else None
 
 
 def conv2d_forward_numba_depthwise(x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
