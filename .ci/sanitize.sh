@@ -3,12 +3,14 @@
 # Usage: .ci/sanitize.sh [python]   (a python with the test dependencies installed)
 set -euo pipefail
 PY=${1:-python3}
+[[ $PY == */* ]] && PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")"  # it runs from a scratch dir
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cp -r "$root/setup.py" "$root/pyproject.toml" "$root/README.md" "$root/csrc" "$root/python" "$root/tests" "$root/kernels" "$work/"
 find "$work/python" -name '*.so' -delete
 cd "$work"
+"$PY" -m pip install -q pybind11 setuptools wheel  # the build's own needs (pip's isolated build had them)
 DLKERNELS_SANITIZE=1 "$PY" setup.py -q build_ext --inplace >/dev/null
 asan=$(g++ -print-file-name=libasan.so)
 ubsan=$(g++ -print-file-name=libubsan.so)
