@@ -262,22 +262,6 @@ constexpr int NV_QK = 3, NV_PV = 4;
 template <typename T>
 constexpr int64_t panel_w() { return NV_QK * simd<T>::width; }
 
-// A plain broadcast (folded into the FMA's memory operand as {1toN} where it can be).
-template <typename T>
-inline vec<T> splat(T x) {
-#if defined(__AVX512F__)
-  if constexpr (sizeof(T) == 4) return (vec<T>)_mm512_set1_ps(x);
-  else return (vec<T>)_mm512_set1_pd(x);
-#elif defined(__AVX2__)
-  if constexpr (sizeof(T) == 4) return (vec<T>)_mm256_set1_ps(x);
-  else return (vec<T>)_mm256_set1_pd(x);
-#elif defined(__SSE2__)
-  if constexpr (sizeof(T) == 4) return (vec<T>)_mm_set1_ps(x);
-  else return (vec<T>)_mm_set1_pd(x);
-#else
-  return vbroadcast(x);
-#endif
-}
 
 // Kᵀ of keys kj[0..bc) (rows of E) into ceil(bc / PW) panels dst[p][e][PW], zero-padded.
 template <typename T>
@@ -311,7 +295,7 @@ inline void qk_tile(const T* q, int64_t ldq, const T* panel, int64_t E, T* s, in
     for (int n = 0; n < NV_QK; ++n) b[n] = vload(panel + e * PW + n * W);
 #pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
-      const vec<T> a = splat(q[r * ldq + e]);
+      const vec<T> a = vbroadcast(q[r * ldq + e]);
 #pragma GCC unroll 4
       for (int n = 0; n < NV_QK; ++n) c[r][n] += a * b[n];
     }
@@ -361,7 +345,7 @@ inline void acc_tile(const T* A, int64_t ars, int64_t acs, int64_t K, const T* B
 #pragma GCC unroll 4
     for (int n = 0; n < NV; ++n) c[r][n] = vload(C + r * ldc + n * W);
     if (alpha) {
-      const vec<T> al = splat(alpha[r]);
+      const vec<T> al = vbroadcast(alpha[r]);
 #pragma GCC unroll 4
       for (int n = 0; n < NV; ++n) c[r][n] *= al;
     }
@@ -372,7 +356,7 @@ inline void acc_tile(const T* A, int64_t ars, int64_t acs, int64_t K, const T* B
     for (int n = 0; n < NV; ++n) b[n] = vload(B + k * ldb + n * W);
 #pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
-      const vec<T> a = splat(A[r * ars + k * acs]);
+      const vec<T> a = vbroadcast(A[r * ars + k * acs]);
 #pragma GCC unroll 4
       for (int n = 0; n < NV; ++n) c[r][n] += a * b[n];
     }

@@ -9,6 +9,10 @@
 #include <cstdint>
 #include <cstring>
 
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
+
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -44,12 +48,24 @@ template <typename T>
 inline vec<T> vload(const T* p) { return *reinterpret_cast<const vec<T>*>(p); }
 template <typename T>
 inline void vstore(T* p, vec<T> v) { *reinterpret_cast<vec<T>*>(p) = v; }
-// A splat. (Not `vec<T>{} + x`: that is a real add per call, and in FMA loops it made GCC spill.)
+// A broadcast of one element: the plain set1 (folded into an FMA's memory operand as {1toN}
+// where the compiler can). Not `vec<T>{} + x`: under strict IEEE that is a real add per call.
 template <typename T>
 inline vec<T> vbroadcast(T x) {
+#if defined(__AVX512F__)
+  if constexpr (sizeof(T) == 4) return (vec<T>)_mm512_set1_ps(x);
+  else return (vec<T>)_mm512_set1_pd(x);
+#elif defined(__AVX2__)
+  if constexpr (sizeof(T) == 4) return (vec<T>)_mm256_set1_ps(x);
+  else return (vec<T>)_mm256_set1_pd(x);
+#elif defined(__SSE2__)
+  if constexpr (sizeof(T) == 4) return (vec<T>)_mm_set1_ps(x);
+  else return (vec<T>)_mm_set1_pd(x);
+#else
   vec<T> v;
   for (int i = 0; i < simd<T>::width; ++i) v[i] = x;
   return v;
+#endif
 }
 
 inline int max_threads() {

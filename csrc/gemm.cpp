@@ -108,26 +108,6 @@ inline vec<T> vfma(vec<T> a, vec<T> b, vec<T> c) {  // a * b + c
 #endif
 }
 
-// Broadcast of one element. dlk.h's vbroadcast (vec{} + x) is not folded under strict IEEE
-// (0 + -0 != -0), so it costs an add per call; this is a plain broadcast (an embedded one
-// {1toN} when the compiler folds it into the FMA's memory operand).
-template <typename T>
-inline vec<T> vdup(T x) {
-#if defined(__AVX512F__)
-  if constexpr (sizeof(T) == 4) return (vec<T>)_mm512_set1_ps(x);
-  else return (vec<T>)_mm512_set1_pd(x);
-#elif defined(__AVX2__)
-  if constexpr (sizeof(T) == 4) return (vec<T>)_mm256_set1_ps(x);
-  else return (vec<T>)_mm256_set1_pd(x);
-#elif defined(__SSE2__)
-  if constexpr (sizeof(T) == 4) return (vec<T>)_mm_set1_ps(x);
-  else return (vec<T>)_mm_set1_pd(x);
-#else
-  vec<T> v;
-  for (int t = 0; t < simd<T>::width; ++t) v[t] = x;
-  return v;
-#endif
-}
 
 // ---- thread-local aligned buffers ---------------------------------------------------------
 struct Buffer {
@@ -175,7 +155,7 @@ void ukernel(int64_t kc, const T* __restrict a, const T* __restrict b, int64_t l
     for (int j = 0; j < NVt; ++j) bv[j] = vload(b + j * W);
 #pragma GCC unroll 32
     for (int i = 0; i < MRt; ++i) {
-      vec<T> av = vdup<T>(a[i]);
+      vec<T> av = vbroadcast<T>(a[i]);
 #pragma GCC unroll 8
       for (int j = 0; j < NVt; ++j) acc[i][j] = vfma<T>(av, bv[j], acc[i][j]);
     }
