@@ -42,6 +42,21 @@ def _round(a: np.ndarray, dtype: str) -> np.ndarray:
     return torch.from_numpy(np.ascontiguousarray(a, np.float32)).to(torch.bfloat16).to(torch.float64).numpy()
 
 
+def _forced(variant, fn, *args, **kwargs):
+    """fn on the forced CUDA variant; None where the variant refuses the input."""
+    from dlkernels._registry import VariantRefused
+    try:
+        with dk.backend("cuda", variant):
+            return fn(*args, **kwargs)
+    except VariantRefused:
+        return None
+
+
+def _rounded(s: Sample, dtype: str) -> Sample:
+    return Sample(tuple(_round(a, dtype) if isinstance(a, np.ndarray) and a.dtype.kind == "f" else a for a in s.args),
+                  s.kwargs, s.desc)
+
+
 def to_gpu(a, dtype: str):
     """a NumPy float array as a CuPy array of dtype (bfloat16 via torch and DLPack)."""
     if not isinstance(a, np.ndarray) or a.dtype.kind != "f":

@@ -14,8 +14,8 @@ from __future__ import annotations
 import dlkernels as dk
 import numpy as np
 import pytest
-from opdb import OPS_BY_ID, Sample
-from test_cuda import _round, check, to_gpu, to_host
+from opdb import OPS_BY_ID
+from test_cuda import _forced, _round, _rounded, check, to_gpu, to_host
 
 pytestmark = pytest.mark.gpu
 
@@ -35,21 +35,6 @@ def _gpu(a, dtype):
 def _cases(direction: str) -> list:
     return [pytest.param(op_id, k.variant, dtype, id=f"{op_id}-{k.variant}-{dtype}")
             for k in dk.kernels(OP, direction, "cuda") for dtype in DTYPES for op_id in IDS]
-
-
-def _forced(variant, fn, *args, **kwargs):
-    """fn on the forced CUDA variant; None where the variant refuses the input."""
-    from dlkernels._registry import VariantRefused
-    try:
-        with dk.backend("cuda", variant):
-            return fn(*args, **kwargs)
-    except VariantRefused:
-        return None
-
-
-def _rounded(s: Sample, dtype: str) -> Sample:
-    return Sample(tuple(_round(a, dtype) if isinstance(a, np.ndarray) and a.dtype.kind == "f" else a for a in s.args),
-                  s.kwargs, s.desc)
 
 
 @pytest.mark.parametrize("op_id,variant,dtype", _cases("forward"))

@@ -13,8 +13,8 @@ from __future__ import annotations
 import dlkernels as dk
 import numpy as np
 import pytest
-from opdb import OPS_BY_ID, Sample
-from test_cuda import _round, check, to_gpu, to_host
+from opdb import OPS_BY_ID
+from test_cuda import _forced, _round, _rounded, check, to_gpu, to_host
 
 pytestmark = pytest.mark.gpu
 
@@ -24,20 +24,6 @@ DTYPES = ["float64", "float32", "float16", "bfloat16"]
 def _cases(direction: str) -> list:
     return [pytest.param(op_id, k.variant, dtype, id=f"{op_id}-{k.variant}-{dtype}")
             for op_id in ("lstm", "lstm_cell") for k in dk.kernels(op_id, direction, "cuda") for dtype in DTYPES]
-
-
-def _forced(variant, fn, *args, **kwargs):
-    from dlkernels._registry import VariantRefused
-    try:
-        with dk.backend("cuda", variant):
-            return fn(*args, **kwargs)
-    except VariantRefused:
-        return None
-
-
-def _rounded(s: Sample, dtype: str) -> Sample:
-    return Sample(tuple(_round(a, dtype) if isinstance(a, np.ndarray) and a.dtype.kind == "f" else a for a in s.args),
-                  s.kwargs, s.desc)
 
 
 @pytest.mark.parametrize("op_id,variant,dtype", _cases("forward"))
