@@ -150,3 +150,18 @@ def test_one_knob_sets_openmp_and_numba_threads():
             dk.set_num_threads(0)
     finally:
         dk.set_num_threads(before)
+
+
+def test_numba_pool_leaves_openmp_nesting_off():
+    """numba's OpenMP layer turns nesting on process-wide; torch sharing that libgomp then
+    oversubscribes the cores (LSTMCell 70x slower). dlkernels turns it back off."""
+    import ctypes
+
+    import numba
+
+    with dk.backend("numba"):
+        dk.conv2d(np.ones((1, 1, 3, 3)), np.ones((1, 1, 2, 2)))
+    if numba.threading_layer() != "omp":
+        pytest.skip(f"numba runs the {numba.threading_layer()!r} layer here, which leaves libgomp alone")
+    from numba.np.ufunc import omppool
+    assert ctypes.CDLL(omppool.__file__).omp_get_max_active_levels() == 1

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from . import _env
+from . import _env, _threads
 
 log = logging.getLogger("dlkernels")
 if _env.VERBOSE:
@@ -182,4 +182,6 @@ def dispatch(op: str, direction: str, device: str, *args: Any) -> Any:
     k, reason = select(op, direction, device, *args)
     if log.isEnabledFor(logging.INFO):
         log.info("%s %s -> %s/%s (%s)", op, direction, k.backend, k.variant, reason)
+    if k.backend == "numba":
+        _threads.numba_pool_ready()
     return k.fn(*args)
