@@ -111,17 +111,37 @@ def test_cpp_same_bits_at_any_thread_count(reduce, rng):
 
 
 @pytest.mark.slow
-def test_64bit_offsets_past_2_31(rng):
-    """V*F > 2^31: row offsets col[k] * F overflow 32 bits; the kernels use int64 (needs ~17 GB of memory)."""
+@pytest.mark.parametrize("backend", ["cpp", "numba"])
+def test_64bit_offsets_past_2_31(backend):
+    """V*F > 2^31: row offsets col[k] * F overflow 32 bits; the kernels use int64. Sum forward
+    and backward (the transpose, the per-edge dot) and max, with int32 indices. x and dy are
+    calloc'd zeros, so only out and dx are touched: about 17 GB of memory."""
     V, F = 2**21 + 3, 1025  # V*F ~ 2.15e9 > 2^31
+    ramp = np.arange(F, dtype=np.float32)
     x = np.zeros((V, F), np.float32)
-    x[-1] = np.arange(F)
+    x[-1] = ramp
     x[-2] = 1
     g = dk.Graph(np.array([[V - 1, V - 2, V - 1], [0, 0, V - 1]], np.int32), num_nodes=V)
-    with dk.backend("cpp"):
-        out = dk.aggregate(g, x, "sum")
-        np.testing.assert_array_equal(out[0], np.arange(F) + 1)
-        np.testing.assert_array_equal(out[V - 1], np.arange(F))
+    w = np.array([1, 2, 3], np.float32)
+    with dk.backend(backend):
+        out, saved = dk.aggregate_forward(g, x, "sum", edge_weight=w)
+        np.testing.assert_array_equal(out[0], ramp + 2)
+        np.testing.assert_array_equal(out[V - 1], 3 * ramp)
+        assert not out[V - 2].any()
+        del out
+        dy = np.zeros((V, F), np.float32)
+        dy[0] = 1
+        dy[V - 1] = 2
+        dx, dw = dk.aggregate_backward(dy, saved)
+        del saved
+        np.testing.assert_array_equal(dx[V - 1], np.full(F, 1 + 3 * 2))
+        np.testing.assert_array_equal(dx[V - 2], np.full(F, 2))
+        assert not dx[0].any()
+        np.testing.assert_array_equal(dw, [ramp.sum(), F, 2 * ramp.sum()])
+        del dx, dy
+        out = dk.aggregate(g, x, "max")
+        np.testing.assert_array_equal(out[0], np.maximum(ramp, 1))
+        np.testing.assert_array_equal(out[V - 1], ramp)
 
 
 # ---- layers against PyG -----------------------------------------------------------------------
