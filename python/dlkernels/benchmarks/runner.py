@@ -27,8 +27,8 @@ from ..benchmarks import Case, all_cases
 Row = dict[str, Any]
 
 
-def timeit(fn: Callable[[], Any], runs: int = 5, budget: float = 1.0) -> tuple[float, int]:
-    """(median seconds, runs) of fn after one warm-up call; fewer runs when one call is slow."""
+def samples(fn: Callable[[], Any], runs: int = 5, budget: float = 1.0) -> list[float]:
+    """Seconds per call of fn, after one warm-up call; fewer runs when one call is slow."""
     t0 = time.perf_counter()
     fn()
     first = time.perf_counter() - t0
@@ -38,7 +38,13 @@ def timeit(fn: Callable[[], Any], runs: int = 5, budget: float = 1.0) -> tuple[f
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times), n
+    return times
+
+
+def timeit(fn: Callable[[], Any], runs: int = 5, budget: float = 1.0) -> tuple[float, int]:
+    """(median seconds, runs) of fn after one warm-up call."""
+    times = samples(fn, runs, budget)
+    return statistics.median(times), len(times)
 
 
 def measure_peak() -> dict[str, float]:
@@ -142,14 +148,24 @@ def run(op: str | None = None, backends: list[str] | None = None, quick: bool = 
     for _, case in cases:
         state = case.setup()
         peers = {name: make(state) for name, make in case.peers.items()}
-        peer_times = {}
-        for name, (fwd, fwdbwd) in peers.items():
-            peer_times[name] = {"forward": timeit(fwd)[0], "forward+backward": timeit(fwdbwd)[0] if fwdbwd else None}
+        # The peers are timed before and after this case's kernels and the median taken over
+        # both halves, so that a machine getting busier or quieter meanwhile biases no ratio.
+        peer_samples: dict[str, dict[str, list[float]]] = {name: {} for name in peers}
+
+        def time_peers() -> None:
+            for name, (fwd, fwdbwd) in peers.items():
+                for direction, fn in (("forward", fwd), ("forward+backward", fwdbwd)):
+                    if fn is not None:
+                        peer_samples[name].setdefault(direction, []).extend(samples(fn, runs=3))
+
+        time_peers()
         if case.oracle == "reference":
             with dk.backend("reference"):
                 oracle = case.forward(state)
         else:
             oracle = peers[case.oracle][0]()
+        timed: list[tuple[Row, str, float, int]] = []  # (row, direction, seconds, runs)
+        case_rows: list[Row] = []
         for c, b, v in targets:
             if c is not case:
                 continue
@@ -171,9 +187,16 @@ def run(op: str | None = None, backends: list[str] | None = None, quick: bool = 
                             row[direction] = {"skipped": f"one call took over {max_seconds:.0f} s"}
                             continue
                         t, n = timeit(lambda fn=fn, state=state: fn(state))
-                        row[direction] = _figures(case, state, direction, t, n, peak, peer_times)
+                        timed.append((row, direction, t, n))
             except VariantRefused:  # a specialised variant that does not fit this shape
                 continue
+            case_rows.append(row)
+        time_peers()
+        peer_times = {name: {d: statistics.median(ts) for d, ts in by_dir.items()}
+                      for name, by_dir in peer_samples.items()}
+        for row, direction, t, n in timed:
+            row[direction] = _figures(case, state, direction, t, n, peak, peer_times)
+        for row in case_rows:
             rows.append(row)
             log(format_row(row))
     return {"machine": machine(), "commit": commit(), "command": " ".join(["dlkernels"] + sys.argv[1:]),
