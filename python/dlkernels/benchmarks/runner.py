@@ -151,14 +151,7 @@ def run(op: str | None = None, backends: list[str] | None = None, quick: bool = 
         # The peers are timed before and after this case's kernels and the median taken over
         # both halves, so that a machine getting busier or quieter meanwhile biases no ratio.
         peer_samples: dict[str, dict[str, list[float]]] = {name: {} for name in peers}
-
-        def time_peers() -> None:
-            for name, (fwd, fwdbwd) in peers.items():
-                for direction, fn in (("forward", fwd), ("forward+backward", fwdbwd)):
-                    if fn is not None:
-                        peer_samples[name].setdefault(direction, []).extend(samples(fn, runs=3))
-
-        time_peers()
+        _time_peers(peers, peer_samples)
         if case.oracle == "reference":
             with dk.backend("reference"):
                 oracle = case.forward(state)
@@ -191,7 +184,7 @@ def run(op: str | None = None, backends: list[str] | None = None, quick: bool = 
             except VariantRefused:  # a specialised variant that does not fit this shape
                 continue
             case_rows.append(row)
-        time_peers()
+        _time_peers(peers, peer_samples)
         peer_times = {name: {d: statistics.median(ts) for d, ts in by_dir.items()}
                       for name, by_dir in peer_samples.items()}
         for row, direction, t, n in timed:
@@ -201,6 +194,13 @@ def run(op: str | None = None, backends: list[str] | None = None, quick: bool = 
             log(format_row(row))
     return {"machine": machine(), "commit": commit(), "command": " ".join(["dlkernels"] + sys.argv[1:]),
             "peak": peak, "rows": rows}
+
+
+def _time_peers(peers: dict[str, tuple], into: dict[str, dict[str, list[float]]]) -> None:
+    for name, (fwd, fwdbwd) in peers.items():
+        for direction, fn in (("forward", fwd), ("forward+backward", fwdbwd)):
+            if fn is not None:
+                into[name].setdefault(direction, []).extend(samples(fn, runs=3))
 
 
 def _figures(case: Case, state: Any, direction: str, t: float, n: int, peak: dict, peer_times: dict) -> dict:
