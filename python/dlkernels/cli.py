@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--plot", metavar="FILE", help="write a PNG of the speedups (needs matplotlib)")
     b.add_argument("--threads", type=int, help="CPU threads for dlkernels and the peers (default: all)")
     b.add_argument("--max-seconds", type=float, default=3.0, help="skip timing a kernel whose one call takes longer")
+    b.add_argument("--fresh-memory", action="store_true",
+                   help="leave malloc as it is: large buffers come fresh from the OS, page faults and all, per call "
+                        "(default: freed memory is kept and reused, for dlkernels and peers alike)")
     args = parser.parse_args(argv)
 
     if args.command == "info":
@@ -59,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         dk.set_num_threads(args.threads)
     try:
         results = runner.run(args.op, args.backend, args.quick, args.max_seconds,
-                             log=lambda s: print(s, file=sys.stderr if s.startswith("[") else sys.stdout, flush=True))
+                             log=lambda s: print(s, file=sys.stderr if s.startswith("[") else sys.stdout, flush=True),
+                             fresh_memory=args.fresh_memory)
     except ValueError as e:
         print(f"dlkernels bench: {e}", file=sys.stderr)
         return 2

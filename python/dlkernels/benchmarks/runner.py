@@ -47,6 +47,24 @@ def timeit(fn: Callable[[], Any], runs: int = 5, budget: float = 1.0) -> tuple[f
     return statistics.median(times), len(times)
 
 
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep freed memory for reuse rather than hand it back to the OS.
+
+    By default a buffer over 32 MB (and, depending on what was freed before, a smaller one)
+    is a fresh mmap on every call, so each call pays a page fault per 4 KiB touched. Whether
+    it does varies from process to process: torch's depthwise conv (C4) took 6 ms in one
+    process and 35 ms in the next. With reuse, peers and dlkernels alike time their kernels,
+    not the page-fault luck. Returns whether it took effect (glibc only).
+    """
+    import ctypes
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+    try:
+        libc = ctypes.CDLL(None)
+        return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+    except (OSError, AttributeError):
+        return False
+
+
 def measure_peak() -> dict[str, float]:
     """This machine's float32 GEMM GFLOP/s (NumPy 2048³) and copy bandwidth in GB/s, now."""
     rng = np.random.default_rng(0)
@@ -126,7 +144,7 @@ def _targets(cases: list[tuple[str, Case]], backends: list[str] | None) -> list[
 
 
 def run(op: str | None = None, backends: list[str] | None = None, quick: bool = False,
-        max_seconds: float = 3.0, log: Callable[[str], None] = print) -> dict[str, Any]:
+        max_seconds: float = 3.0, log: Callable[[str], None] = print, fresh_memory: bool = False) -> dict[str, Any]:
     """Run the benchmark and return its results (what --json writes)."""
     import dlkernels as dk
 
@@ -138,7 +156,9 @@ def run(op: str | None = None, backends: list[str] | None = None, quick: bool = 
         torch.set_num_threads(dk.get_num_threads())
     except ImportError:
         log("torch not installed: no peer timings (pip install dlkernels[bench])")
-    log(f"dlkernels bench: {len(cases)} cases, {dk.get_num_threads()} threads, ISA {_cpp.get_isa()}")
+    reuse = not fresh_memory and keep_freed_memory()
+    log(f"dlkernels bench: {len(cases)} cases, {dk.get_num_threads()} threads, ISA {_cpp.get_isa()}, "
+        + ("freed memory reused (no page faults per call)" if reuse else "fresh pages from the OS per large buffer"))
     peak = measure_peak()
     log(f"machine peak, measured now: {peak['gflops']:.1f} GFLOP/s (NumPy float32 matmul 2048³), "
         f"{peak['copy_gbs']:.1f} GB/s (copy)")
@@ -193,7 +213,7 @@ def run(op: str | None = None, backends: list[str] | None = None, quick: bool = 
             rows.append(row)
             log(format_row(row))
     return {"machine": machine(), "commit": commit(), "command": " ".join(["dlkernels"] + sys.argv[1:]),
-            "peak": peak, "rows": rows}
+            "freed_memory_reused": reuse, "peak": peak, "rows": rows}
 
 
 def _time_peers(peers: dict[str, tuple], into: dict[str, dict[str, list[float]]]) -> None:
