@@ -408,7 +408,7 @@ DwGeom dw_geom(const ConvShape& s) {
   DwGeom g;
   g.Hp = (s.P - 1) * s.stride_h + (s.R - 1) * s.dil_h + 1;
   g.Wp = (s.Q - 1) * s.stride_w + (s.S - 1) * s.dil_w + 1;
-  g.U = s.Q + ((s.S - 1) * s.dil_w) / s.stride_w + V;  // slack for the last partial vector
+  g.U = s.Q + ((s.S - 1) * s.dil_w) / s.stride_w + 2 * V;  // slack: dw_plane_fwd loads 2 vectors past q
   g.rowlen = g.U * s.stride_w;
   g.size = g.Hp * g.rowlen;
   g.off.resize((size_t)(s.R * s.S));
@@ -420,10 +420,58 @@ DwGeom dw_geom(const ConvShape& s) {
   return g;
 }
 
-// Copy input plane xp (H, W) into the padded, deinterleaved buffer.
+// The first n (< width) lanes at p, the others zero; and the store of the first n lanes of v.
+// One masked instruction where the ISA has one (masked lanes are never touched, so reading or
+// writing up to the very end of an array is safe).
+#if defined(__AVX2__) && !defined(__AVX512F__)
+template <typename T>
+inline __m256i lanes_below(int64_t n) {
+  if constexpr (sizeof(T) == 4)
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  else
+    return _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3));
+}
+#endif
+template <typename T>
+inline vec<T> vload_n(const T* p, int64_t n) {
+#if defined(__AVX512F__)
+  if constexpr (sizeof(T) == 4) return (vec<T>)_mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1), p);
+  else return (vec<T>)_mm512_maskz_loadu_pd((__mmask8)((1u << n) - 1), p);
+#elif defined(__AVX2__)
+  if constexpr (sizeof(T) == 4) return (vec<T>)_mm256_maskload_ps(p, lanes_below<T>(n));
+  else return (vec<T>)_mm256_maskload_pd(p, lanes_below<T>(n));
+#else
+  vec<T> v = vbroadcast(T(0));
+  for (int64_t i = 0; i < n; ++i) v[i] = p[i];
+  return v;
+#endif
+}
+template <typename T>
+inline void vstore_n(T* p, vec<T> v, int64_t n) {
+#if defined(__AVX512F__)
+  if constexpr (sizeof(T) == 4) _mm512_mask_storeu_ps(p, (__mmask16)((1u << n) - 1), (__m512)v);
+  else _mm512_mask_storeu_pd(p, (__mmask8)((1u << n) - 1), (__m512d)v);
+#elif defined(__AVX2__)
+  if constexpr (sizeof(T) == 4) _mm256_maskstore_ps(p, lanes_below<T>(n), (__m256)v);
+  else _mm256_maskstore_pd(p, lanes_below<T>(n), (__m256d)v);
+#else
+  for (int64_t i = 0; i < n; ++i) p[i] = v[i];
+#endif
+}
+// dst[0:n] = src[0:n] by vectors, the last one masked: the rows copied here are a few vectors
+// long, where a memcpy call costs more than the copy itself.
+template <typename T>
+inline void copy_row(T* dst, const T* src, int64_t n) {
+  constexpr int64_t V = simd<T>::width;
+  int64_t i = 0;
+  for (; i + V <= n; i += V) vstore(dst + i, vload(src + i));
+  if (i < n) vstore_n(dst + i, vload_n(src + i, n - i), n - i);
+}
+
+// Copy input plane xp (H, W) into the padded, deinterleaved buffer. Which elements it writes
+// depends only on the geometry, so buf is zeroed once when allocated and the padding stays 0.
 template <typename T>
 void dw_fill(const ConvShape& s, const DwGeom& g, const T* xp, T* buf) {
-  std::memset(buf, 0, sizeof(T) * g.size);
   const int64_t sw = s.stride_w;
   // input column iw sits at padded column j = iw + pad_w, kept only while j < Wp
   const int64_t iw_lo = std::max<int64_t>(0, -s.pad_w);
@@ -434,7 +482,7 @@ void dw_fill(const ConvShape& s, const DwGeom& g, const T* xp, T* buf) {
     const T* src = xp + ih * s.W;
     T* dst = buf + i * g.rowlen;
     if (sw == 1) {
-      std::memcpy(dst + iw_lo + s.pad_w, src + iw_lo, sizeof(T) * (iw_hi - iw_lo));
+      copy_row(dst + iw_lo + s.pad_w, src + iw_lo, iw_hi - iw_lo);
     } else {
       int64_t ph = (iw_lo + s.pad_w) % sw, u = (iw_lo + s.pad_w) / sw;
       for (int64_t iw = iw_lo; iw < iw_hi; ++iw) {
@@ -445,40 +493,45 @@ void dw_fill(const ConvShape& s, const DwGeom& g, const T* xp, T* buf) {
   }
 }
 
-// Store the first n lanes of v.
+// Store the lanes of v that lie before the end of the row, n elements away.
 template <typename T>
-inline void vstore_n(T* p, vec<T> v, int64_t n) {
-  T tmp[simd<T>::width];
-  vstore(tmp, v);
-  for (int64_t i = 0; i < n; ++i) p[i] = tmp[i];
+inline void vstore_row(T* p, vec<T> v, int64_t n) {
+  if (n >= simd<T>::width) vstore(p, v);
+  else vstore_n(p, v, n);
 }
+
 // One output plane: yp[p, q] = bias + sum_t wt[t] * buf[p*sh*rowlen + off[t] + q].
+// Two output rows and two vectors per row at a time: four independent FMA chains, since one
+// chain of taps per vector is latency-bound on short rows (C4's Q = 28 is 1.75 vectors).
+// The loads may run past the row into the buffer's slack; the stores stop at the row's end.
 // NT > 0: the tap count known at compile time.
 template <typename T, int NT>
 void dw_plane_fwd(const ConvShape& s, const DwGeom& g, const T* buf, const T* wt, T bias, T* yp) {
   constexpr int64_t V = simd<T>::width;
   const int64_t ntaps = NT > 0 ? NT : s.R * s.S;
   const int64_t* off = g.off.data();
-  const int64_t Q = s.Q;
-  for (int64_t p = 0; p < s.P; ++p) {
-    const T* base = buf + p * s.stride_h * g.rowlen;
-    T* yr = yp + p * Q;
-    int64_t q = 0;
-    for (; q + 2 * V <= Q; q += 2 * V) {
-      vec<T> a0 = vbroadcast(bias), a1 = a0;
+  const int64_t Q = s.Q, rstep = s.stride_h * g.rowlen;
+  for (int64_t p = 0; p < s.P; p += 2) {
+    const bool two = p + 1 < s.P;  // a last odd row is computed twice and stored once
+    const T* b0 = buf + p * rstep;
+    const T* b1 = two ? b0 + rstep : b0;
+    T* y0 = yp + p * Q;
+    for (int64_t q = 0; q < Q; q += 2 * V) {
+      vec<T> a00 = vbroadcast(bias), a01 = a00, a10 = a00, a11 = a00;
       for (int64_t t = 0; t < ntaps; ++t) {
-        const T* src = base + off[t] + q;
-        a0 += wt[t] * vload(src);
-        a1 += wt[t] * vload(src + V);
+        const vec<T> wv = vbroadcast(wt[t]);
+        const int64_t o = off[t] + q;
+        a00 += wv * vload(b0 + o);
+        a01 += wv * vload(b0 + o + V);
+        a10 += wv * vload(b1 + o);
+        a11 += wv * vload(b1 + o + V);
       }
-      vstore(yr + q, a0);
-      vstore(yr + q + V, a1);
-    }
-    for (; q < Q; q += V) {
-      vec<T> a0 = vbroadcast(bias);
-      for (int64_t t = 0; t < ntaps; ++t) a0 += wt[t] * vload(base + off[t] + q);
-      if (q + V <= Q) vstore(yr + q, a0);
-      else vstore_n(yr + q, a0, Q - q);
+      vstore_row(y0 + q, a00, Q - q);
+      if (q + V < Q) vstore_row(y0 + q + V, a01, Q - q - V);
+      if (two) {
+        vstore_row(y0 + Q + q, a10, Q - q);
+        if (q + V < Q) vstore_row(y0 + Q + q + V, a11, Q - q - V);
+      }
     }
   }
 }
@@ -520,14 +573,15 @@ void conv2d_forward_depthwise(const ConvShape& s, const T* x, const T* w, const 
 
 namespace {
 
-// One plane of the backward pass. dyb holds the dy plane in rows of Qv (a multiple of the
-// vector width) with zero tails, so every load is a full vector and the tail lanes add zero.
+// One plane of the backward pass. dyb holds the dy plane in rows ldd apart, each zero from Q
+// up to Qv (a multiple of the vector width), so every load is a full vector and the tail
+// lanes add zero.
 //   dw: accw[t] += sum_{p,q} dy[p,q] * buf[p*sh*rowlen + off[t] + q]
 //   dx: dbuf[p*sh*rowlen + off[t] + q] += wt[t] * dy[p,q]
 // Taps are the outer loop, so consecutive read-modify-writes of dbuf never overlap (no
 // store-to-load forwarding stalls) and the dw sums live in registers.
 template <typename T, int NT>
-void dw_plane_bwd(const ConvShape& s, const DwGeom& g, const T* dyb, int64_t Qv, const T* buf,
+void dw_plane_bwd(const ConvShape& s, const DwGeom& g, const T* dyb, int64_t ldd, int64_t Qv, const T* buf,
                   T* dbuf, const T* wt, vec<T>* accw) {
   constexpr int64_t V = simd<T>::width;
   const int64_t ntaps = NT > 0 ? NT : s.R * s.S;
@@ -541,7 +595,7 @@ void dw_plane_bwd(const ConvShape& s, const DwGeom& g, const T* dyb, int64_t Qv,
       for (int t = 0; t < NT; ++t) a[t][0] = a[t][1] = vbroadcast(T(0));
       for (int64_t p = 0; p < s.P; ++p) {
         const T* src = buf + p * rstep;
-        const T* dr = dyb + p * Qv;
+        const T* dr = dyb + p * ldd;
         int64_t q = 0;
         for (; q + 2 * V <= Qv; q += 2 * V) {
           const vec<T> d0 = vload(dr + q), d1 = vload(dr + q + V);
@@ -567,7 +621,7 @@ void dw_plane_bwd(const ConvShape& s, const DwGeom& g, const T* dyb, int64_t Qv,
       vec<T> a0 = vbroadcast(T(0)), a1 = a0;
       for (int64_t p = 0; p < s.P; ++p) {
         const T* src = buf + p * rstep + o;
-        const T* dr = dyb + p * Qv;
+        const T* dr = dyb + p * ldd;
         int64_t q = 0;
         for (; q + 2 * V <= Qv; q += 2 * V) {
           a0 += vload(dr + q) * vload(src + q);
@@ -581,7 +635,7 @@ void dw_plane_bwd(const ConvShape& s, const DwGeom& g, const T* dyb, int64_t Qv,
       const T wv = wt[t];
       for (int64_t p = 0; p < s.P; ++p) {
         T* dst = dbuf + p * rstep + o;
-        const T* dr = dyb + p * Qv;
+        const T* dr = dyb + p * ldd;
         for (int64_t q = 0; q < Qv; q += V) vstore(dst + q, vload(dst + q) + wv * vload(dr + q));
       }
     }
@@ -624,49 +678,58 @@ void conv2d_backward_depthwise(const ConvShape& s, const T* dy, const T* x, cons
                       t.pad_w >= 0 && HW > 0;
   const DwGeom gt = gather ? dw_geom<T>(t) : DwGeom{};
   // Parallel over channels: each thread owns whole channels, so dw and db need no reduction.
+  // Samples are the outer loop: a thread's planes (n, c0..c1) lie next to each other in x, dy
+  // and dx, so they stream from memory; channel-outer, each 3 KB plane (C4) sat a whole
+  // sample's stride from the last and every plane started the prefetchers cold (2x slower).
+  // Each channel's sums still run over n in order: bitwise the same result.
   const int nt = num_threads_for(s.C);
 #pragma omp parallel num_threads(nt)
   {
     constexpr int64_t V = simd<T>::width;
     const int64_t Qv = (s.Q + V - 1) / V * V;
-    std::vector<T> buf(dw ? (size_t)g.size : 0), dbuf(dx && !gather ? (size_t)g.size : 0);
-    std::vector<T> dybuf(gather ? (size_t)gt.size : 0), wflip(gather ? (size_t)RS : 0);
-    std::vector<T> dyb((size_t)(s.P * Qv), T(0));  // tails stay zero
-    std::vector<VBox<T>> accw((size_t)(RS * m));
-    std::vector<VBox<T>> accb((size_t)m);
     int64_t c0, c1;
     split(s.C, nt, thread_id(), c0, c1);
-    for (int64_t c = c0; c < c1; ++c) {
-      for (auto& a : accw) a.v = vbroadcast(T(0));
-      for (auto& a : accb) a.v = vbroadcast(T(0));
-      for (int64_t n = 0; n < s.N; ++n) {
+    std::vector<T> buf(dw ? (size_t)g.size : 0), dbuf(dx && !gather ? (size_t)g.size : 0);
+    std::vector<T> dybuf(gather ? (size_t)gt.size : 0), wflip(gather ? (size_t)RS : 0);
+    std::vector<T> dyb(gather ? 0 : (size_t)(s.P * Qv), T(0));  // tails stay zero
+    std::vector<VBox<T>> accw((size_t)((c1 - c0) * m * RS), VBox<T>{vbroadcast(T(0))});
+    std::vector<VBox<T>> accb((size_t)((c1 - c0) * m), VBox<T>{vbroadcast(T(0))});
+    for (int64_t n = 0; n < s.N; ++n) {
+      for (int64_t c = c0; c < c1; ++c) {
         const T* xp = x + (n * s.C + c) * HW;
         if (dw) dw_fill(s, g, xp, buf.data());
         if (dx && !gather) std::memset(dbuf.data(), 0, sizeof(T) * g.size);
+        // dy's plane in rows ldd apart, zero from Q to Qv: the padded copy the gather made,
+        // else rows copied into dyb
+        const T* dyr = dyb.data();
+        int64_t ldd = Qv;
         if (gather) {  // m == 1: channel c's only output channel is k = c
           for (int64_t u = 0; u < RS; ++u) wflip[(size_t)u] = w[c * RS + RS - 1 - u];
           dw_fill(t, gt, dy + (n * s.K + c) * PQ, dybuf.data());
           T* dxp = dx + (n * s.C + c) * HW;
           if (RS == 9) dw_plane_fwd<T, 9>(t, gt, dybuf.data(), wflip.data(), T(0), dxp);
           else dw_plane_fwd<T, 0>(t, gt, dybuf.data(), wflip.data(), T(0), dxp);
+          dyr = dybuf.data() + t.pad_h * gt.rowlen + t.pad_w;  // zeros follow each row for > V
+          ldd = gt.rowlen;
         }
         for (int64_t j = 0; j < m; ++j) {
-          const int64_t k = c * m + j;
+          const int64_t k = c * m + j, kl = (c - c0) * m + j;  // kl: k among this thread's channels
           const T* dyp = dy + (n * s.K + k) * PQ;
           if (!db && !dw && !(dx && !gather)) continue;
-          for (int64_t p = 0; p < s.P; ++p)
-            std::memcpy(dyb.data() + p * Qv, dyp + p * s.Q, sizeof(T) * s.Q);
+          if (!gather)
+            for (int64_t p = 0; p < s.P; ++p) copy_row(dyb.data() + p * Qv, dyp + p * s.Q, s.Q);
           if (db) {
-            vec<T> a = accb[(size_t)j].v;
-            for (int64_t i = 0; i < s.P * Qv; i += V) a += vload(dyb.data() + i);
-            accb[(size_t)j].v = a;
+            vec<T> a = accb[(size_t)kl].v;
+            for (int64_t p = 0; p < s.P; ++p)
+              for (int64_t q = 0; q < Qv; q += V) a += vload(dyr + p * ldd + q);
+            accb[(size_t)kl].v = a;
           }
           if (!dw && !(dx && !gather)) continue;
           T* bp = dw ? buf.data() : nullptr;
           T* dbp = dx && !gather ? dbuf.data() : nullptr;
-          vec<T>* aw = &accw[(size_t)(j * RS)].v;
-          if (RS == 9) dw_plane_bwd<T, 9>(s, g, dyb.data(), Qv, bp, dbp, w + k * RS, aw);
-          else dw_plane_bwd<T, 0>(s, g, dyb.data(), Qv, bp, dbp, w + k * RS, aw);
+          vec<T>* aw = &accw[(size_t)(kl * RS)].v;
+          if (RS == 9) dw_plane_bwd<T, 9>(s, g, dyr, ldd, Qv, bp, dbp, w + k * RS, aw);
+          else dw_plane_bwd<T, 0>(s, g, dyr, ldd, Qv, bp, dbp, w + k * RS, aw);
         }
         if (dx && !gather) {
           T* dxp = dx + (n * s.C + c) * HW;
@@ -694,12 +757,12 @@ void conv2d_backward_depthwise(const ConvShape& s, const T* dy, const T* x, cons
           }
         }
       }
-      for (int64_t j = 0; j < m; ++j) {
-        const int64_t k = c * m + j;
-        if (dw)
-          for (int64_t t = 0; t < RS; ++t) dw[k * RS + t] = hsum<T>(accw[(size_t)(j * RS + t)].v);
-        if (db) db[k] = hsum<T>(accb[(size_t)j].v);
-      }
+    }
+    for (int64_t kl = 0; kl < (c1 - c0) * m; ++kl) {
+      const int64_t k = c0 * m + kl;
+      if (dw)
+        for (int64_t t = 0; t < RS; ++t) dw[k * RS + t] = hsum<T>(accw[(size_t)(kl * RS + t)].v);
+      if (db) db[k] = hsum<T>(accb[(size_t)kl].v);
     }
   }
 }
