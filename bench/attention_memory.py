@@ -88,7 +88,8 @@ def measure(B: int = 1, H: int = 4, L: int = 16384, S: int | None = None, E: int
             causal: bool = False, backend: str = "cpp") -> dict:
     """Runs child() in a subprocess (a clean peak counter) and returns its figures."""
     args = [sys.executable, os.path.abspath(__file__), "--child", "--B", str(B), "--H", str(H), "--L", str(L),
-            "--S", str(S or L), "--E", str(E), "--dtype", dtype, "--backend", backend] + (["--causal"] if causal else [])
+            "--S", str(S or L), "--E", str(E), "--dtype", dtype, "--backend", backend]
+    args += ["--causal"] if causal else []
     r = subprocess.run(args, capture_output=True, text=True, check=True)
     return json.loads(r.stdout.strip().splitlines()[-1])
 

@@ -5,6 +5,7 @@ A4 (B1 H4 L=S=16384, forward only) is a memory figure, not a timing: bench/atten
 
 import pytest
 from conftest import params, run_case
+
 from dlkernels.benchmarks import attention
 
 

@@ -29,10 +29,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "python"))
 
 import cupy as cp  # noqa: E402
-import dlkernels as dk  # noqa: E402
-import dlkernels.torch as dlt  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+
+import dlkernels as dk  # noqa: E402
+import dlkernels.torch as dlt  # noqa: E402
 
 _flush = None
 
@@ -141,6 +142,7 @@ GRAPHS = [  # id, description, V, E, F, power law
 
 def bench_graph(quick: bool, peak_gbs: float) -> list[dict]:
     import cupyx.scipy.sparse as cps
+
     from dlkernels.ops.graph import aggregate_bytes
     from dlkernels.ops.graph import cuda as gcuda
     from dlkernels.ops.graph.structure import Graph

@@ -9,8 +9,9 @@ these suites give pytest-benchmark's statistics and comparisons between saved ru
 
 from __future__ import annotations
 
-import dlkernels as dk
 import pytest
+
+import dlkernels as dk
 from dlkernels import _registry
 from dlkernels.benchmarks import Case
 

@@ -11,8 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import dlkernels as dk
 import numpy as np
+
+import dlkernels as dk
 
 
 @dataclass
@@ -193,7 +194,8 @@ def _lstm_errors(rng: np.random.Generator) -> list[ErrorInput]:
         E((x, hx, cx, wi, wh[:-2]), {}, ValueError, r"w_hh: expected shape \(24, 6\)"),
         E((x, hx[:2], cx, wi, wh), {}, ValueError, r"hx: expected shape \(3, 6\)"),
         E((x, hx, cx[:, :2], wi, wh), {}, ValueError, r"cx: expected shape \(3, 6\)"),
-        E((x, hx, cx, wi, wh), {"lengths": np.array([1, 5, 2])}, ValueError, r"lengths: expected every length in \[0, 4\]"),
+        E((x, hx, cx, wi, wh), {"lengths": np.array([1, 5, 2])}, ValueError,
+          r"lengths: expected every length in \[0, 4\]"),
         E((x, hx, cx, wi, wh), {"lengths": np.array([1, -1, 2])}, ValueError, "lengths: expected every length"),
         E((x, hx, cx, wi, wh), {"lengths": np.array([1.0, 2.0, 2.0])}, TypeError, "lengths: expected an integer"),
         E((x, hx, cx, wi, wh), {"lengths": np.array([1, 2])}, ValueError, r"lengths: expected shape \(3,\)"),
@@ -300,7 +302,8 @@ def _aggregate_samples(rng: np.random.Generator) -> list[Sample]:
             F = (1, 3, 97)[(i + j) % 3]
             x = rng.standard_normal((graph.num_nodes, F))
             w = rng.standard_normal(graph.num_edges) if (i + j) % 2 else None
-            out.append(Sample((graph, x, reduce, w), {}, f"{desc}, {reduce}, F={F}, {'weighted' if w is not None else 'unweighted'}"))
+            weighted = "weighted" if w is not None else "unweighted"
+            out.append(Sample((graph, x, reduce, w), {}, f"{desc}, {reduce}, F={F}, {weighted}"))
     graph, desc = _graphs(rng)[1]
     out.append(Sample((graph, rng.standard_normal((7, 2, 3)), "mean", None), {}, f"{desc}, x (V, 2, 3)"))
     return out
@@ -340,12 +343,13 @@ def _torch_aggregate(graph, x, reduce, w):
 def _scatter_samples(rng: np.random.Generator) -> list[Sample]:
     r = rng.standard_normal
     out = []
-    for j, reduce in enumerate(("sum", "mean", "max", "min")):
+    for reduce in ("sum", "mean", "max", "min"):
         out += [
             Sample((r(9), rng.integers(0, 4, 9)), {"reduce": reduce}, f"1-D, {reduce}"),
             Sample((r((11, 3)), rng.integers(0, 5, 11).astype(np.int32)), {"dim_size": 8, "reduce": reduce},
                    f"2-D, int32, dim_size past the last index (empty groups), {reduce}"),
-            Sample((r((2, 10, 97)), rng.integers(0, 3, 10)), {"dim": 1, "reduce": reduce}, f"3-D, dim 1, F 97, {reduce}"),
+            Sample((r((2, 10, 97)), rng.integers(0, 3, 10)), {"dim": 1, "reduce": reduce},
+                   f"3-D, dim 1, F 97, {reduce}"),
             Sample((r((4, 6)), np.zeros(6, np.int64)), {"dim": -1, "reduce": reduce}, f"dim -1, one group, {reduce}"),
         ]
     out.append(Sample((r((0, 3)), np.zeros(0, np.int64)), {"dim_size": 2}, "empty src"))

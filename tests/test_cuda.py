@@ -18,10 +18,11 @@ CuPy cannot take them, the bfloat16 cases skip and say so.
 
 from __future__ import annotations
 
-import dlkernels as dk
 import numpy as np
 import pytest
 from opdb import OPS_BY_ID, Sample
+
+import dlkernels as dk
 
 pytestmark = pytest.mark.gpu
 
@@ -197,8 +198,9 @@ def test_conv_bitwise_repeatable(variant, rng):
 @pytest.mark.parametrize("dtype", ["float64", "float32", "float16", "bfloat16"])
 def test_conv_matches_torch_on_the_gpu(dtype, rng):
     torch = pytest.importorskip("torch")
-    import dlkernels.torch as dlt
     import torch.nn.functional as F
+
+    import dlkernels.torch as dlt
     tdt = getattr(torch, dtype)
     torch.backends.cudnn.allow_tf32 = False
     for s in OPS_BY_ID["conv2d"].samples(rng):

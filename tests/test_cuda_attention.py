@@ -11,11 +11,12 @@
 
 from __future__ import annotations
 
-import dlkernels as dk
 import numpy as np
 import pytest
 from opdb import OPS_BY_ID
 from test_cuda import _forced, _round, _rounded, check, to_gpu, to_host
+
+import dlkernels as dk
 
 pytestmark = pytest.mark.gpu
 
@@ -142,6 +143,7 @@ def test_attention_backward_bitwise_repeatable(dtype):
 
 def test_dispatch_reasons():
     import cupy as cp
+
     from dlkernels._registry import select
     for dtype, L, want in (("float16", 200, "mma"), ("float32", 200, "flash"), ("float32", 1, "decode"),
                            ("float16", 1, "decode")):

@@ -10,11 +10,12 @@
 
 from __future__ import annotations
 
-import dlkernels as dk
 import numpy as np
 import pytest
 from opdb import OPS_BY_ID
 from test_cuda import _forced, _round, _rounded, check, to_gpu, to_host
+
+import dlkernels as dk
 
 pytestmark = pytest.mark.gpu
 
@@ -107,6 +108,7 @@ def test_lstm_backward_bitwise_repeatable():
 
 def test_dispatch_reasons():
     import cupy as cp
+
     from dlkernels._registry import select
     x, h0, c0 = cp.zeros((10, 8, 32), cp.float32), cp.zeros((8, 256), cp.float32), cp.zeros((8, 256), cp.float32)
     wi, wh = cp.zeros((1024, 32), cp.float32), cp.zeros((1024, 256), cp.float32)

@@ -13,8 +13,9 @@ import shutil
 import subprocess
 import tempfile
 
-import dlkernels as dk
 import pytest
+
+import dlkernels as dk
 from dlkernels import _cuda
 
 KERNELS = sorted(glob.glob(os.path.join(_cuda.kernel_dir(), "*.cu")))

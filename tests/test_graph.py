@@ -6,7 +6,6 @@ import pytest
 import dlkernels as dk
 from dlkernels import _cpp, nn
 
-
 # ---- Graph construction ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", [np.int32, np.int64])

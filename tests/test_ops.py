@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import threading
 
-import dlkernels as dk
 import numpy as np
 import pytest
+from opdb import OPS_BY_ID, OpInfo, Sample, cast
+
+import dlkernels as dk
 from dlkernels import _cpp
 from dlkernels._registry import VariantRefused, available
-from opdb import OPS_BY_ID, OpInfo, Sample, cast
 
 CPU_DTYPES = ["float64", "float32"]
 

@@ -12,7 +12,6 @@ import torch.nn.functional as F  # noqa: E402
 
 import dlkernels.torch as dlt  # noqa: E402
 
-
 SMALL = ((1, 2, 3, 4), (1, 2, 5, 4), (1, 2, 5, 3))  # gradcheck perturbs every element: keep it tiny
 
 

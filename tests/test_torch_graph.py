@@ -1,6 +1,5 @@
 """dlkernels.torch.scatter / spmm: PyG's results and gradients, custom-op checks, swapped into PyG's convs."""
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -119,7 +118,8 @@ def test_swapped_into_pyg_convs(conv, monkeypatch):
     ei = _edges(12, 50, seed=5)
     x = torch.randn(12, 6, dtype=torch.float64)
     model = getattr(pyg_nn, conv)(6, 4).double()
-    adj_t = torch.sparse_coo_tensor(ei.flip(0), torch.ones(50, dtype=torch.float64), (12, 12)).coalesce().to_sparse_csr()
+    ones = torch.ones(50, dtype=torch.float64)
+    adj_t = torch.sparse_coo_tensor(ei.flip(0), ones, (12, 12)).coalesce().to_sparse_csr()
 
     ref_ei = model(x, ei)
     ref_ei_grads = _grads(model, ref_ei)

@@ -11,17 +11,34 @@ from __future__ import annotations
 from . import _cpp, _registry, nn, optim
 from ._registry import backend, current_backend, kernels
 from ._threads import get_num_threads, set_num_threads
-from .ops.conv import (ConvSaved, conv1d, conv1d_backward, conv1d_forward, conv2d, conv2d_backward,
-                       conv2d_forward)
-from .ops.lstm import (LSTMSaved, lstm, lstm_backward, lstm_cell, lstm_cell_backward, lstm_cell_forward,
-                       lstm_forward)
+from .ops.attention import (
+    AttentionSaved,
+    scaled_dot_product_attention,
+    scaled_dot_product_attention_backward,
+    scaled_dot_product_attention_forward,
+)
+from .ops.conv import ConvSaved, conv1d, conv1d_backward, conv1d_forward, conv2d, conv2d_backward, conv2d_forward
+from .ops.graph import (
+    AggregateSaved,
+    EdgeSoftmaxSaved,
+    Graph,
+    ScatterSaved,
+    SddmmSaved,
+    aggregate,
+    aggregate_backward,
+    aggregate_forward,
+    edge_softmax,
+    edge_softmax_backward,
+    edge_softmax_forward,
+    scatter,
+    scatter_backward,
+    scatter_forward,
+    sddmm,
+    sddmm_backward,
+    sddmm_forward,
+)
+from .ops.lstm import LSTMSaved, lstm, lstm_backward, lstm_cell, lstm_cell_backward, lstm_cell_forward, lstm_forward
 from .ops.matmul import MatmulSaved, matmul, matmul_backward, matmul_forward
-from .ops.attention import (AttentionSaved, scaled_dot_product_attention, scaled_dot_product_attention_backward,
-                            scaled_dot_product_attention_forward)
-from .ops.graph import (AggregateSaved, EdgeSoftmaxSaved, Graph, ScatterSaved, SddmmSaved, aggregate,
-                        aggregate_backward, aggregate_forward, edge_softmax, edge_softmax_backward,
-                        edge_softmax_forward, scatter, scatter_backward, scatter_forward, sddmm, sddmm_backward,
-                        sddmm_forward)
 
 __version__ = "0.1.0"
 

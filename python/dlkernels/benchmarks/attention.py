@@ -53,7 +53,8 @@ def _case(id: str, shape: str, B: int, H: int, L: int, S: int, E: int, causal: b
         return fwd, (fwdbwd if backward else None)
 
     return Case(id, "scaled_dot_product_attention", shape, setup, forward, forward_backward if backward else None,
-                flops=lambda s: flops(B * H, L, S, E, E, causal), backward_flops=lambda s: 2.5 * flops(B * H, L, S, E, E, causal),
+                flops=lambda s: flops(B * H, L, S, E, E, causal),
+                backward_flops=lambda s: 2.5 * flops(B * H, L, S, E, E, causal),
                 peers={"torch": torch_peer}, quick=quick, backends=("cpp",))
 
 

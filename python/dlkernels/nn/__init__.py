@@ -8,8 +8,8 @@
 from .attention import MultiheadAttention
 from .graph import GATConv, GraphConv, SAGEConv
 from .layers import Conv1d, Conv2d, Flatten, Linear, MaxPool2d, ReLU
-from .lstm import LSTM, LSTMCell
 from .loss import CrossEntropyLoss, MSELoss
+from .lstm import LSTM, LSTMCell
 from .module import Module, Parameter, Sequential, manual_seed
 
 __all__ = ["Module", "Parameter", "Sequential", "manual_seed", "Linear", "Conv1d", "Conv2d", "MaxPool2d",

@@ -8,9 +8,10 @@ Every op is a torch.library custom op in the `dlkernels` namespace whose autogra
 hand-written backward. CPU tensors cross as NumPy views, CUDA tensors by DLPack: no copies.
 """
 
-from .conv import Conv1d, Conv2d, conv1d, conv2d
-from .lstm import LSTM, LSTMCell, lstm_cell, lstm_layer
-from .graph import scatter, spmm
 from .attention import scaled_dot_product_attention
+from .conv import Conv1d, Conv2d, conv1d, conv2d
+from .graph import scatter, spmm
+from .lstm import LSTM, LSTMCell, lstm_cell, lstm_layer
 
-__all__ = ["scaled_dot_product_attention", "lstm_cell", "lstm_layer", "LSTMCell", "LSTM", "conv1d", "conv2d", "Conv1d", "Conv2d", "scatter", "spmm"]
+__all__ = ["scaled_dot_product_attention", "lstm_cell", "lstm_layer", "LSTMCell", "LSTM", "conv1d", "conv2d",
+           "Conv1d", "Conv2d", "scatter", "spmm"]

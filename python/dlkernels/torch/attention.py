@@ -10,7 +10,6 @@ traces it without a graph break); the seed travels to the custom ops as a 0-d in
 forward's mask from it.
 """
 
-from typing import Optional
 
 import numpy as np
 import torch
@@ -51,8 +50,8 @@ def _arrays(*ts):
 
 
 @torch.library.custom_op("dlkernels::scaled_dot_product_attention", mutates_args=())
-def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: Optional[torch.Tensor], dropout_p: float,
-          is_causal: bool, scale: Optional[float], enable_gqa: bool, seed: torch.Tensor
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None, dropout_p: float,
+          is_causal: bool, scale: float | None, enable_gqa: bool, seed: torch.Tensor
           ) -> tuple[torch.Tensor, torch.Tensor]:
     """(output (..., L, Ev), lse (..., L)); seed: a 0-d int64 tensor."""
     qa, ka, va, ma = _arrays((q, "query"), (k, "key"), (v, "value"), (attn_mask, "attn_mask"))
@@ -69,8 +68,8 @@ def _(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa, seed):
 
 @torch.library.custom_op("dlkernels::scaled_dot_product_attention_backward", mutates_args=())
 def _sdpa_backward(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-                   lse: torch.Tensor, attn_mask: Optional[torch.Tensor], dropout_p: float, is_causal: bool,
-                   scale: Optional[float], enable_gqa: bool, seed: torch.Tensor, mask_grad: bool
+                   lse: torch.Tensor, attn_mask: torch.Tensor | None, dropout_p: float, is_causal: bool,
+                   scale: float | None, enable_gqa: bool, seed: torch.Tensor, mask_grad: bool
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv, dmask); dmask has 0 elements unless mask_grad."""
     g, qa, ka, va, oa, la, ma = _arrays((grad, "grad_output"), (q, "query"), (k, "key"), (v, "value"), (out, "out"),
@@ -108,9 +107,9 @@ _sdpa.register_autograd(_backward, setup_context=_setup_context)
 
 
 def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                                 attn_mask: Optional[torch.Tensor] = None, dropout_p: float = 0.0,
-                                 is_causal: bool = False, scale: Optional[float] = None, enable_gqa: bool = False,
-                                 seed: Optional[int] = None) -> torch.Tensor:
+                                 attn_mask: torch.Tensor | None = None, dropout_p: float = 0.0,
+                                 is_causal: bool = False, scale: float | None = None, enable_gqa: bool = False,
+                                 seed: int | None = None) -> torch.Tensor:
     """torch.nn.functional.scaled_dot_product_attention on dlkernels' kernels (plus `seed` for dropout)."""
     return _sdpa(query, key, value, attn_mask, float(dropout_p), bool(is_causal), scale, bool(enable_gqa),
                  _seed_tensor(seed, float(dropout_p)))[0]

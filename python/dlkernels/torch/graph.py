@@ -10,13 +10,11 @@ Deterministic (no atomics), and the indices are checked before any kernel reads 
     out = dlt.spmm(adj, x, reduce="sum")                             # torch_geometric.utils.spmm
 """
 
-from typing import Optional
 
 import numpy as np
 import torch
 
 from .._arrays import contiguous
-from .._registry import dispatch
 from ..ops import graph as G
 from . import _bridge as B
 
@@ -66,7 +64,7 @@ def _scatter_grad(ctx, grad):
 _scatter.register_autograd(_scatter_grad, setup_context=_scatter_setup)
 
 
-def scatter(src: torch.Tensor, index: torch.Tensor, dim: int = 0, dim_size: Optional[int] = None,
+def scatter(src: torch.Tensor, index: torch.Tensor, dim: int = 0, dim_size: int | None = None,
             reduce: str = "sum") -> torch.Tensor:
     """torch_geometric.utils.scatter, run by dlkernels: same arguments, same result, deterministic.
 
@@ -96,7 +94,8 @@ def _csr(crow: torch.Tensor, col: torch.Tensor, n_cols: int) -> G.Csr:
 
 
 @torch.library.custom_op("dlkernels::spmm_csr", mutates_args=())
-def _spmm_csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, x: torch.Tensor, reduce: str) -> torch.Tensor:
+def _spmm_csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, x: torch.Tensor,
+              reduce: str) -> torch.Tensor:
     """out = adj @ x with adj given by CSR arrays (crow (M+1,), col (E,), values (E,)); x (N, F)."""
     csr = _csr(crow, col, x.shape[0])
     with B.cuda_stream(x):

@@ -234,4 +234,5 @@ register(_OP, "backward", "numba", "rows", numba.scaled_dot_product_attention_ba
 register(_OP, "forward", "cpp", "flash", cpp.scaled_dot_product_attention_forward_cpp_flash, default=True)
 register(_OP, "backward", "cpp", "flash", cpp.scaled_dot_product_attention_backward_cpp_flash, default=True)
 from . import cuda as _cuda_glue  # noqa: E402  (CUDA: kernels/attention.cu, registered by its glue)
+
 _cuda_glue.register_all()

@@ -36,8 +36,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..._arrays import (Array, as_array, as_int, check_float, check_index, check_like, contiguous, device,
-                        wrap, xp)
+from ..._arrays import Array, as_array, as_int, check_float, check_index, check_like, contiguous, device, wrap, xp
 from ..._registry import dispatch, register
 from . import cpp, numba, reference
 from .structure import Csr, Graph, host  # noqa: F401  (host: for the adapters)
@@ -88,7 +87,8 @@ def aggregate_forward(graph: Graph, x: Any, reduce: str = "sum", edge_weight: An
         w = as_array(edge_weight, "edge_weight")
         check_like(w, "edge_weight", xa, "x")
         if w.shape != (csr.num_edges,):
-            raise ValueError(f"edge_weight: expected shape ({csr.num_edges},) (one weight per edge), got {tuple(w.shape)}")
+            raise ValueError(f"edge_weight: expected shape ({csr.num_edges},) (one weight per edge), "
+                             f"got {tuple(w.shape)}")
         w = contiguous(w)
     out, saved = aggregate_csr(csr, xa, r, w)
     return wrap(out, x), saved
@@ -330,6 +330,7 @@ register("edge_softmax", "backward", "cpp", "csr", cpp.edge_softmax_backward_cpp
 # CUDA (kernels/graph.cu through ops/graph/cuda.py, variant "csr"): the glue imports no CuPy
 # until a kernel runs, so this registers without CuPy too (dispatch only reaches it for CuPy arrays)
 from . import cuda as _cuda_glue  # noqa: E402
+
 _cuda_glue.register_all()
 
 __all__ = ["Graph", "aggregate", "aggregate_forward", "aggregate_backward", "AggregateSaved", "scatter",
