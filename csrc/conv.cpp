@@ -578,11 +578,12 @@ namespace {
 // lanes add zero.
 //   dw: accw[t] += sum_{p,q} dy[p,q] * buf[p*sh*rowlen + off[t] + q]
 //   dx: dbuf[p*sh*rowlen + off[t] + q] += wt[t] * dy[p,q]
+//   db: *accb += sum_{p,q} dy[p,q], in the dw pass with a known tap count (accb null: not here)
 // Taps are the outer loop, so consecutive read-modify-writes of dbuf never overlap (no
 // store-to-load forwarding stalls) and the dw sums live in registers.
 template <typename T, int NT>
 void dw_plane_bwd(const ConvShape& s, const DwGeom& g, const T* dyb, int64_t ldd, int64_t Qv, const T* buf,
-                  T* dbuf, const T* wt, vec<T>* accw) {
+                  T* dbuf, const T* wt, vec<T>* accw, vec<T>* accb) {
   constexpr int64_t V = simd<T>::width;
   const int64_t ntaps = NT > 0 ? NT : s.R * s.S;
   const int64_t rstep = s.stride_h * g.rowlen;
@@ -591,7 +592,7 @@ void dw_plane_bwd(const ConvShape& s, const DwGeom& g, const T* dyb, int64_t ldd
     // of two FMA chains per tap (the tap-outer loop below is bound by FMA latency).
     if (buf) {
       const int64_t* off = g.off.data();
-      vec<T> a[NT][2];
+      vec<T> a[NT][2], b0 = vbroadcast(T(0)), b1 = b0;
       for (int t = 0; t < NT; ++t) a[t][0] = a[t][1] = vbroadcast(T(0));
       for (int64_t p = 0; p < s.P; ++p) {
         const T* src = buf + p * rstep;
@@ -599,6 +600,8 @@ void dw_plane_bwd(const ConvShape& s, const DwGeom& g, const T* dyb, int64_t ldd
         int64_t q = 0;
         for (; q + 2 * V <= Qv; q += 2 * V) {
           const vec<T> d0 = vload(dr + q), d1 = vload(dr + q + V);
+          b0 += d0;
+          b1 += d1;
 #pragma GCC unroll 16
           for (int t = 0; t < NT; ++t) {
             a[t][0] += d0 * vload(src + off[t] + q);
@@ -607,11 +610,13 @@ void dw_plane_bwd(const ConvShape& s, const DwGeom& g, const T* dyb, int64_t ldd
         }
         if (q < Qv) {
           const vec<T> d0 = vload(dr + q);
+          b0 += d0;
 #pragma GCC unroll 16
           for (int t = 0; t < NT; ++t) a[t][0] += d0 * vload(src + off[t] + q);
         }
       }
       for (int t = 0; t < NT; ++t) accw[t] += a[t][0] + a[t][1];
+      if (accb) *accb += b0 + b1;
       buf = nullptr;  // dw done
     }
   }
@@ -718,7 +723,8 @@ void conv2d_backward_depthwise(const ConvShape& s, const T* dy, const T* x, cons
           if (!db && !dw && !(dx && !gather)) continue;
           if (!gather)
             for (int64_t p = 0; p < s.P; ++p) copy_row(dyb.data() + p * Qv, dyp + p * s.Q, s.Q);
-          if (db) {
+          const bool db_in_dw = db && dw && RS == 9;  // dw_plane_bwd<T, 9> sums db on the way
+          if (db && !db_in_dw) {
             vec<T> a = accb[(size_t)kl].v;
             for (int64_t p = 0; p < s.P; ++p)
               for (int64_t q = 0; q < Qv; q += V) a += vload(dyr + p * ldd + q);
@@ -728,8 +734,9 @@ void conv2d_backward_depthwise(const ConvShape& s, const T* dy, const T* x, cons
           T* bp = dw ? buf.data() : nullptr;
           T* dbp = dx && !gather ? dbuf.data() : nullptr;
           vec<T>* aw = &accw[(size_t)(kl * RS)].v;
-          if (RS == 9) dw_plane_bwd<T, 9>(s, g, dyr, ldd, Qv, bp, dbp, w + k * RS, aw);
-          else dw_plane_bwd<T, 0>(s, g, dyr, ldd, Qv, bp, dbp, w + k * RS, aw);
+          vec<T>* ab = db_in_dw ? &accb[(size_t)kl].v : nullptr;
+          if (RS == 9) dw_plane_bwd<T, 9>(s, g, dyr, ldd, Qv, bp, dbp, w + k * RS, aw, ab);
+          else dw_plane_bwd<T, 0>(s, g, dyr, ldd, Qv, bp, dbp, w + k * RS, aw, nullptr);
         }
         if (dx && !gather) {
           T* dxp = dx + (n * s.C + c) * HW;
