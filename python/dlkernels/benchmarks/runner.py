@@ -27,8 +27,16 @@ from ..benchmarks import Case, all_cases
 Row = dict[str, Any]
 
 
+# Seconds to wait before timing anything: worker threads of another pool that just ran (NumPy's
+# OpenBLAS, after the reference or a NumPy peer) spin for up to ~0.1 s before they sleep, and a
+# short kernel timed meanwhile shares the 2 cores with them (L3's cell step read 12 ms, not 0.4).
+SETTLE_SECONDS = 0.15
+
+
 def samples(fn: Callable[[], Any], runs: int = 5, budget: float = 1.0) -> list[float]:
-    """Seconds per call of fn, after one warm-up call; fewer runs when one call is slow."""
+    """Seconds per call of fn, after the other pools settle and one warm-up call; fewer runs when
+    one call is slow."""
+    time.sleep(SETTLE_SECONDS)
     t0 = time.perf_counter()
     fn()
     first = time.perf_counter() - t0
@@ -194,6 +202,7 @@ def run(op: str | None = None, backends: list[str] | None = None, quick: bool = 
                         if fn is None or "status" in row:
                             continue
                         log(f"[{done}/{len(targets)}] {case.id} {b}/{v} {direction}")
+                        time.sleep(SETTLE_SECONDS)
                         t0 = time.perf_counter()
                         fn(state)  # the warm-up decides whether the variant is too slow to time
                         if time.perf_counter() - t0 > max_seconds:
