@@ -11,9 +11,9 @@
 // Threads: rows are split into contiguous ranges of about equal (edges + rows), several per
 // thread, handed out dynamically (for_rows), so a few hub rows on a power-law graph and a
 // preempted thread on a loaded machine do not stall the others. Each output element is
-// computed by one thread, its edges taken in CSR order; except that a sum's hub rows (more
-// than HUB_EDGES edges) are cut into fixed HUB_EDGES-edge pieces, summed in parallel and
-// merged in piece order, so one node with most of the edges does not serialize. No atomics,
+// computed by one thread, its edges taken in CSR order; except that the hub rows of a sum or a
+// max/min (more than HUB_EDGES edges) are cut into fixed HUB_EDGES-edge pieces, reduced in
+// parallel and merged in piece order, so one node with most of the edges does not serialize. No atomics,
 // and the pieces do not depend on the thread count: bitwise repeatable at any thread count.
 // Vectorization: along the features, vec<T> in blocks of 8/4/2/1 registers held across the
 // row's edges, then a scalar tail for F % width. All offsets are int64.
@@ -127,12 +127,53 @@ inline void sum_tail(int64_t k0, int64_t k1, const I* col, const int64_t* perm, 
   for (int64_t i = 0; i < n; ++i) o[i] = acc[i] * scale;
 }
 
-// A row with more edges than this (a hub) is summed in pieces of HUB_EDGES edges, in
-// parallel, into partials that are then added in piece order (graph_segment_sum): the pieces
-// and the order do not depend on the thread count, so the result stays bitwise repeatable.
+// A row with more edges than this (a hub) is reduced in pieces of HUB_EDGES edges, in
+// parallel, into partials that are then merged in piece order (reduce_hubs): the pieces and
+// the order do not depend on the thread count, so the result stays bitwise repeatable.
 constexpr int64_t HUB_EDGES = 8192;
 
-inline int64_t sum_prefetch_distance(int64_t F, int64_t W, int64_t size) {
+// The hub rows of a CSR with R rows: piece(k0, k1, part) reduces the edges [k0, k1) of one
+// piece into its partial part[0 : HF]; then merge(r, c0, c1, parts, n) folds hub r's n
+// partials (parts[i * HF + c], in piece order) into out[r * HF + c] for c in [c0, c1). Pieces,
+// then column blocks of the merge, are shared among the threads dynamically.
+template <typename T, typename Piece, typename Merge>
+void reduce_hubs(int64_t R, const int64_t* indptr, int64_t HF, Piece&& piece, Merge&& merge) {
+  std::vector<int64_t> hubs, first;  // hub rows; first[i] = the first piece of hub i
+  std::vector<int64_t> piece_k0;     // each piece's first edge (its last: the next piece's, or the row's end)
+  for (int64_t r = 0; r < R; ++r) {
+    const int64_t k0 = indptr[r], k1 = indptr[r + 1];
+    if (k1 - k0 <= HUB_EDGES) continue;
+    hubs.push_back(r);
+    first.push_back((int64_t)piece_k0.size());
+    for (int64_t k = k0; k < k1; k += HUB_EDGES) piece_k0.push_back(k);
+  }
+  if (hubs.empty()) return;
+  first.push_back((int64_t)piece_k0.size());
+  const int64_t n_hubs = (int64_t)hubs.size(), n_pieces = (int64_t)piece_k0.size();
+  std::unique_ptr<T[]> part(new T[(size_t)(n_pieces * HF)]);
+  T* pt = part.get();
+  const bool par = !in_parallel() && max_threads() > 1;
+#pragma omp parallel if (par)
+  {
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t p = 0; p < n_pieces; ++p) {
+      // the piece's hub: the last i with first[i] <= p
+      const int64_t i = (int64_t)(std::upper_bound(first.begin(), first.end(), p) - first.begin()) - 1;
+      const int64_t k0 = piece_k0[(size_t)p];
+      piece(k0, std::min(k0 + HUB_EDGES, indptr[hubs[(size_t)i] + 1]), pt + p * HF);
+    }
+    constexpr int64_t CB = 256;
+    const int64_t nb = (HF + CB - 1) / CB;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t j = 0; j < n_hubs * nb; ++j) {
+      const int64_t i = j / nb, c0 = (j % nb) * CB;
+      merge(hubs[(size_t)i], c0, std::min(c0 + CB, HF), pt + first[(size_t)i] * HF,
+            first[(size_t)i + 1] - first[(size_t)i]);
+    }
+  }
+}
+
+inline int64_t row_prefetch_distance(int64_t F, int64_t W, int64_t size) {
   return prefetch_distance((F < 8 * W ? F : 8 * W) * size);
 }
 
@@ -166,7 +207,7 @@ template <typename T, typename I, bool WEIGHTED>
 void segment_sum_rows(int64_t r0, int64_t r1, const int64_t* indptr, const I* col, const int64_t* perm,
                       const T* w, int64_t H, int64_t F, const T* x, const T* scale, T* out) {
   const int64_t kend = indptr[r1];
-  const int64_t pd = sum_prefetch_distance(F, simd<T>::width, sizeof(T));
+  const int64_t pd = row_prefetch_distance(F, simd<T>::width, sizeof(T));
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t k0 = indptr[r], k1 = indptr[r + 1];
     if (k1 - k0 > HUB_EDGES) continue;
@@ -212,12 +253,34 @@ inline void maxmin_block(int64_t k0, int64_t k1, const I* col, const int64_t* pe
   for (int j = 0; j < NV; ++j) vstore<T>(o + j * W, acc[j]);
 }
 
+// o[0 : F] = max/min over the edges [k0, k1) (k0 < k1: one row, or one piece of a hub row).
+template <typename T, typename I, bool WEIGHTED>
+void maxmin_row(int64_t k0, int64_t k1, const I* col, const int64_t* perm, const T* w, int64_t F, const T* x,
+                bool is_max, T* o, int64_t pd, int64_t kend) {
+  constexpr int W = simd<T>::width;
+  const auto ke = [&](int64_t f_next) { return f_next + W > F ? kend : k1; };  // as sum_row
+  int64_t f = 0;
+  for (; f + 8 * W <= F; f += 8 * W) maxmin_block<T, I, WEIGHTED, 8>(k0, k1, col, perm, w, x + f, F, is_max, o + f, x, pd, ke(f + 8 * W));
+  if (f + 4 * W <= F) { maxmin_block<T, I, WEIGHTED, 4>(k0, k1, col, perm, w, x + f, F, is_max, o + f, x, pd, ke(f + 4 * W)); f += 4 * W; }
+  if (f + 2 * W <= F) { maxmin_block<T, I, WEIGHTED, 2>(k0, k1, col, perm, w, x + f, F, is_max, o + f, x, pd, ke(f + 2 * W)); f += 2 * W; }
+  if (f + W <= F) { maxmin_block<T, I, WEIGHTED, 1>(k0, k1, col, perm, w, x + f, F, is_max, o + f, x, pd, ke(f + W)); f += W; }
+  for (; f < F; ++f) {
+    T acc = T(0);
+    for (int64_t k = k0; k < k1; ++k) {
+      const T wk = WEIGHTED ? w[edge_id(perm, k)] : T(1);
+      const T v = WEIGHTED ? x[(int64_t)col[k] * F + f] * wk : x[(int64_t)col[k] * F + f];
+      acc = k == k0 ? v : pick1(acc, v, is_max);
+    }
+    o[f] = acc;
+  }
+}
+
+// Rows [r0, r1), hub rows left out (their pieces are reduced apart); an empty row gives 0.
 template <typename T, typename I, bool WEIGHTED>
 void segment_maxmin_rows(int64_t r0, int64_t r1, const int64_t* indptr, const I* col, const int64_t* perm,
                          const T* w, int64_t F, const T* x, bool is_max, T* out) {
-  constexpr int W = simd<T>::width;
   const int64_t kend = indptr[r1];
-  const int64_t pd = prefetch_distance((F < 8 * W ? F : 8 * W) * (int64_t)sizeof(T));
+  const int64_t pd = row_prefetch_distance(F, simd<T>::width, sizeof(T));
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t k0 = indptr[r], k1 = indptr[r + 1];
     T* o = out + r * F;
@@ -225,21 +288,7 @@ void segment_maxmin_rows(int64_t r0, int64_t r1, const int64_t* indptr, const I*
       for (int64_t f = 0; f < F; ++f) o[f] = T(0);
       continue;
     }
-    const auto ke = [&](int64_t f_next) { return f_next + W > F ? kend : k1; };  // as segment_sum_rows
-    int64_t f = 0;
-    for (; f + 8 * W <= F; f += 8 * W) maxmin_block<T, I, WEIGHTED, 8>(k0, k1, col, perm, w, x + f, F, is_max, o + f, x, pd, ke(f + 8 * W));
-    if (f + 4 * W <= F) { maxmin_block<T, I, WEIGHTED, 4>(k0, k1, col, perm, w, x + f, F, is_max, o + f, x, pd, ke(f + 4 * W)); f += 4 * W; }
-    if (f + 2 * W <= F) { maxmin_block<T, I, WEIGHTED, 2>(k0, k1, col, perm, w, x + f, F, is_max, o + f, x, pd, ke(f + 2 * W)); f += 2 * W; }
-    if (f + W <= F) { maxmin_block<T, I, WEIGHTED, 1>(k0, k1, col, perm, w, x + f, F, is_max, o + f, x, pd, ke(f + W)); f += W; }
-    for (; f < F; ++f) {
-      T acc = T(0);
-      for (int64_t k = k0; k < k1; ++k) {
-        const T wk = WEIGHTED ? w[edge_id(perm, k)] : T(1);
-        const T v = WEIGHTED ? x[(int64_t)col[k] * F + f] * wk : x[(int64_t)col[k] * F + f];
-        acc = k == k0 ? v : pick1(acc, v, is_max);
-      }
-      o[f] = acc;
-    }
+    if (k1 - k0 <= HUB_EDGES) maxmin_row<T, I, WEIGHTED>(k0, k1, col, perm, w, F, x, is_max, o, pd, kend);
   }
 }
 
@@ -270,49 +319,22 @@ void graph_segment_sum(int64_t R, const int64_t* indptr, const I* col, const int
     if (w) segment_sum_rows<T, I, true>(r0, r1, indptr, col, perm, w, H, F, x, scale, out);
     else segment_sum_rows<T, I, false>(r0, r1, indptr, col, perm, w, H, F, x, scale, out);
   });
-  // hub rows: pieces of HUB_EDGES edges into partials (any thread), then each hub's partials
-  // added in piece order
-  std::vector<int64_t> hubs, first;  // hub rows; first[i] = the first piece of hub i
-  std::vector<int64_t> piece_k0;     // each piece's first edge (its last: the next piece's, or the row's end)
-  for (int64_t r = 0; r < R; ++r) {
-    const int64_t k0 = indptr[r], k1 = indptr[r + 1];
-    if (k1 - k0 <= HUB_EDGES) continue;
-    hubs.push_back(r);
-    first.push_back((int64_t)piece_k0.size());
-    for (int64_t k = k0; k < k1; k += HUB_EDGES) piece_k0.push_back(k);
-  }
-  if (hubs.empty()) return;
-  first.push_back((int64_t)piece_k0.size());
-  const int64_t n_hubs = (int64_t)hubs.size(), n_pieces = (int64_t)piece_k0.size(), HF = H * F;
-  std::unique_ptr<T[]> part(new T[(size_t)(n_pieces * HF)]);
-  T* pt = part.get();
-  const int64_t pd = sum_prefetch_distance(F, simd<T>::width, sizeof(T));
-  const bool par = !in_parallel() && max_threads() > 1;
-#pragma omp parallel if (par)
-  {
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t p = 0; p < n_pieces; ++p) {
-      // the piece's hub: the last i with first[i] <= p
-      const int64_t i = (int64_t)(std::upper_bound(first.begin(), first.end(), p) - first.begin()) - 1;
-      const int64_t k0 = piece_k0[(size_t)p];
-      const int64_t k1 = std::min(k0 + HUB_EDGES, indptr[hubs[(size_t)i] + 1]);
-      if (w) sum_row<T, I, true>(k0, k1, col, perm, w, H, F, x, T(1), pt + p * HF, pd, k1);
-      else sum_row<T, I, false>(k0, k1, col, perm, w, H, F, x, T(1), pt + p * HF, pd, k1);
-    }
-    // merge: hub i's partials in piece order, columns split in blocks across threads
-    constexpr int64_t CB = 256;
-    const int64_t nb = (HF + CB - 1) / CB;
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t j = 0; j < n_hubs * nb; ++j) {
-      const int64_t i = j / nb, c0 = (j % nb) * CB, c1 = std::min(c0 + CB, HF), r = hubs[(size_t)i];
-      const T s = scale ? scale[r] : T(1);
-      T* o = out + r * HF;
-      for (int64_t c = c0; c < c1; ++c) o[c] = pt[first[(size_t)i] * HF + c];
-      for (int64_t p = first[(size_t)i] + 1; p < first[(size_t)i + 1]; ++p)
-        for (int64_t c = c0; c < c1; ++c) o[c] += pt[p * HF + c];
-      for (int64_t c = c0; c < c1; ++c) o[c] *= s;
-    }
-  }
+  // hub rows: their pieces' partial sums, added in piece order, then scaled
+  const int64_t HF = H * F, pd = row_prefetch_distance(F, simd<T>::width, sizeof(T));
+  reduce_hubs<T>(
+      R, indptr, HF,
+      [&](int64_t k0, int64_t k1, T* part) {
+        if (w) sum_row<T, I, true>(k0, k1, col, perm, w, H, F, x, T(1), part, pd, k1);
+        else sum_row<T, I, false>(k0, k1, col, perm, w, H, F, x, T(1), part, pd, k1);
+      },
+      [&](int64_t r, int64_t c0, int64_t c1, const T* parts, int64_t n) {
+        const T s = scale ? scale[r] : T(1);
+        T* o = out + r * HF;
+        for (int64_t c = c0; c < c1; ++c) o[c] = parts[c];
+        for (int64_t p = 1; p < n; ++p)
+          for (int64_t c = c0; c < c1; ++c) o[c] += parts[p * HF + c];
+        for (int64_t c = c0; c < c1; ++c) o[c] *= s;
+      });
 }
 
 template <typename T, typename I>
@@ -322,6 +344,20 @@ void graph_segment_maxmin(int64_t R, const int64_t* indptr, const I* col, const 
     if (w) segment_maxmin_rows<T, I, true>(r0, r1, indptr, col, perm, w, F, x, is_max, out);
     else segment_maxmin_rows<T, I, false>(r0, r1, indptr, col, perm, w, F, x, is_max, out);
   });
+  // hub rows: their pieces' partial extrema, merged in piece order (exact, as one pass would be)
+  const int64_t pd = row_prefetch_distance(F, simd<T>::width, sizeof(T));
+  reduce_hubs<T>(
+      R, indptr, F,
+      [&](int64_t k0, int64_t k1, T* part) {
+        if (w) maxmin_row<T, I, true>(k0, k1, col, perm, w, F, x, is_max, part, pd, k1);
+        else maxmin_row<T, I, false>(k0, k1, col, perm, w, F, x, is_max, part, pd, k1);
+      },
+      [&](int64_t r, int64_t c0, int64_t c1, const T* parts, int64_t n) {
+        T* o = out + r * F;
+        for (int64_t c = c0; c < c1; ++c) o[c] = parts[c];
+        for (int64_t p = 1; p < n; ++p)
+          for (int64_t c = c0; c < c1; ++c) o[c] = pick1(o[c], parts[p * F + c], is_max);
+      });
 }
 
 template <typename T, typename I>
