@@ -9,7 +9,12 @@
 //             Backward, per sample and chunk: dw_g += dy_g @ col^T (gemm, accumulate) and
 //             dcol = W_g^T @ dy_g (gemm) scattered back by col2im. 1x1 / stride 1 / no padding
 //             convolutions use the input itself as the column matrix.
-//             Chosen for every ordinary convolution; its speed is gemm's speed.
+//             The fallback of implicit (strides > 1, small batches); its speed is gemm's.
+//   implicit  stride 1 (the default): im2col's GEMM without the column matrix. gemm's B panels
+//             are packed straight from a zero-padded copy of the sample, the filters once per
+//             call; the micro-kernels run on both (gemm_packed_panels). dx is the forward
+//             convolution of dy with the flipped, transposed filters (no col2im scatter);
+//             dw and db as im2col.
 //   depthwise groups == C and K == C*m: a direct kernel vectorized along the output width,
 //             reading a zero-padded, stride-deinterleaved copy of each input plane so that
 //             every tap is one unaligned vector load. Backward: dw and db as vector dot
@@ -24,6 +29,7 @@
 // therefore bitwise repeatable at a fixed thread count. No global mutable state: every buffer
 // belongs to one call.
 #include <algorithm>
+#include <type_traits>
 #include <cstring>
 #include <vector>
 
@@ -388,6 +394,258 @@ void conv2d_backward_im2col(const ConvShape& s, const T* dy, const T* x, const T
   }
 }
 
+// ---- implicit GEMM (stride 1) ----------------------------------------------------------------
+//
+// With stride 1 the column matrix need not be materialised: in a zero-padded copy xp of the
+// input (planes of Hp x Wp, input pixel (ih, iw) at (ih + pad_h, iw + pad_w)),
+//   col[(c, r, s), (p, q)] = xp[c*Hp*Wp + r*dh*Wp + s*dw  +  p*Wp + q],
+// a row offset (per tap) plus a column offset (per output position). So gemm's B panels (NR
+// columns of all CRS rows) are packed straight from xp, and the filters once per call
+// (gemm_pack_a): what is left per block is the micro-kernels. Every row of a panel copies the
+// same lane pattern from a new base, so the pattern is worked out once per panel: a vector of
+// one contiguous run is one load, of two runs (an output row ends inside it) two masked loads,
+// anything else goes lane by lane.
+
+namespace {
+
+struct Padded {
+  int64_t Hp, Wp, plane, sample;  // plane = Hp*Wp, sample = C*plane
+};
+
+Padded padded_geom(const ConvShape& s) {
+  Padded g;
+  g.Hp = (s.P - 1) + (s.R - 1) * s.dil_h + 1;
+  g.Wp = (s.Q - 1) + (s.S - 1) * s.dil_w + 1;
+  g.plane = g.Hp * g.Wp;
+  g.sample = s.C * g.plane;
+  return g;
+}
+
+// The padded copy of one sample's C planes (input pixels that no tap reads are dropped, so
+// a negative padding works too: the transposed convolution of the dx pass can have one).
+template <typename T>
+void pad_fill(const ConvShape& s, const Padded& g, const T* xs, T* dst) {
+  const int64_t iw_lo = std::max<int64_t>(0, -s.pad_w);
+  const int64_t iw_hi = std::min<int64_t>(s.W, g.Wp - s.pad_w);
+  for (int64_t c = 0; c < s.C; ++c)
+    for (int64_t i = 0; i < g.Hp; ++i) {
+      T* row = dst + c * g.plane + i * g.Wp;
+      const int64_t ih = i - s.pad_h;
+      if (ih < 0 || ih >= s.H || iw_lo >= iw_hi) {
+        std::memset(row, 0, sizeof(T) * g.Wp);
+        continue;
+      }
+      const int64_t a = iw_lo + s.pad_w, e = iw_hi + s.pad_w;
+      std::memset(row, 0, sizeof(T) * a);
+      std::memcpy(row + a, xs + (c * s.H + ih) * s.W + iw_lo, sizeof(T) * (e - a));
+      std::memset(row + e, 0, sizeof(T) * (g.Wp - e));
+    }
+}
+
+// Where the lanes of one vector of a packed B row come from, relative to the row's base:
+// RUN: lane t reads a + t (all lanes); TWO: lanes t < split read a + t, lanes split <= t < n
+// read b + t, the rest are zero; LANES: lane t reads idx[t], or is zero where idx[t] < 0.
+template <typename T>
+struct LaneSrc {
+  enum Kind { RUN, TWO, LANES } kind;
+  int64_t a, b;
+  int split, n;
+  int64_t idx[simd<T>::width];
+};
+
+template <typename T>
+LaneSrc<T> lane_src(const int64_t* src, int n) {
+  constexpr int W = simd<T>::width;
+  LaneSrc<T> l{};
+  for (int t = 0; t < W; ++t) l.idx[t] = t < n ? src[t] : -1;
+  int split = 1;
+  while (split < n && src[split] == src[0] + split) ++split;
+  int end = split;
+  while (end < n && src[end] == src[split] + (end - split)) ++end;
+  l.a = src[0];
+  l.split = split;
+  l.n = n;
+  if (split == W) {
+    l.kind = LaneSrc<T>::RUN;
+  } else if (end == n) {
+    l.kind = LaneSrc<T>::TWO;
+    l.b = split < n ? src[split] - split : 0;
+  } else {
+    l.kind = LaneSrc<T>::LANES;
+  }
+  return l;
+}
+
+// Lanes t in [lo, hi) of base + off + t, the others zero; masked loads never touch the others.
+template <typename T>
+inline vec<T> load_lanes(const T* base, int64_t off, int lo, int hi) {
+#if defined(__AVX512F__)
+  const unsigned m = ((1u << hi) - 1) & ~((1u << lo) - 1);  // hi <= 16
+  if constexpr (sizeof(T) == 4) return (vec<T>)_mm512_maskz_loadu_ps((__mmask16)m, base + off);
+  else return (vec<T>)_mm512_maskz_loadu_pd((__mmask8)m, base + off);
+#else
+  vec<T> v = vbroadcast(T(0));
+  for (int t = lo; t < hi; ++t) v[t] = base[off + t];
+  return v;
+#endif
+}
+
+template <typename T>
+inline vec<T> vor(vec<T> x, vec<T> y) {  // bitwise: lanes zero in one keep the other's bits
+  using I = typename std::conditional<sizeof(T) == 4, int32_t, int64_t>::type;
+  typedef I iv __attribute__((vector_size(VBYTES)));
+  return (vec<T>)((iv)x | (iv)y);
+}
+
+// One B panel of gemm_packed_panels: nr columns (source offsets src[0..nr)) of the K rows at
+// xg + rowoff[k], as rows of w elements.
+template <typename T>
+void pack_panel(const T* xg, const int64_t* rowoff, int64_t K, const int64_t* src, int nr, int w,
+                T* dst) {
+  constexpr int W = simd<T>::width;
+  for (int v = 0; v * W < w; ++v) {
+    const LaneSrc<T> l = lane_src<T>(src + v * W, std::min(W, nr - v * W));
+    T* d = dst + v * W;
+    switch (l.kind) {
+      case LaneSrc<T>::RUN:
+        for (int64_t k = 0; k < K; ++k) vstore(d + k * w, vload(xg + rowoff[k] + l.a));
+        break;
+      case LaneSrc<T>::TWO:
+        for (int64_t k = 0; k < K; ++k) {
+          const T* base = xg + rowoff[k];
+          vstore(d + k * w, vor<T>(load_lanes(base, l.a, 0, l.split), load_lanes(base, l.b, l.split, l.n)));
+        }
+        break;
+      case LaneSrc<T>::LANES:
+        for (int64_t k = 0; k < K; ++k) {
+          const T* base = xg + rowoff[k];
+          for (int t = 0; t < W; ++t) d[k * w + t] = l.idx[t] >= 0 ? base[l.idx[t]] : T(0);
+        }
+        break;
+    }
+  }
+}
+
+// Columns per block: the packed panels (CRS x cols) stay in L2 beside the padded sample.
+template <typename T>
+int64_t implicit_cols(int64_t CRS) {
+  const int64_t budget = 384 * 1024 / (int64_t)sizeof(T);
+  return std::max<int64_t>(gemm_panel_width<T>(), std::min<int64_t>(4096, budget / std::max<int64_t>(CRS, 1)));
+}
+
+template <typename T>
+void implicit_block(const ConvShape& s, const Padded& g, const int64_t* rowoff, const T* pa,
+                    const T* xpad, const T* b, T* y, const Block& blk, std::vector<int64_t>& src,
+                    std::vector<T>& panels, std::vector<T>& outbuf) {
+  constexpr int W = simd<T>::width;
+  const int64_t NR = gemm_panel_width<T>();
+  const int64_t G = s.groups, Cg = s.C / G, Kg = s.K / G, PQ = s.P * s.Q;
+  const int64_t CRS = Cg * s.R * s.S;
+  const int64_t len = blk.nb > 1 ? blk.nb * PQ : blk.j1 - blk.j0;
+  const int64_t asz = gemm_packed_a_size<T>(Kg, CRS);
+  // column offsets in xpad (samples n0.. of the block laid one after the other)
+  int64_t* so = grow<int64_t>(src, len);
+  for (int64_t jb = 0; jb < len; ++jb) {
+    const int64_t i = blk.nb > 1 ? jb / PQ : 0, pos = blk.nb > 1 ? jb % PQ : blk.j0 + jb;
+    so[jb] = i * g.sample + (pos / s.Q) * g.Wp + pos % s.Q;
+  }
+  T* pan = grow<T>(panels, CRS * ((len + NR - 1) / NR * NR));
+  T* out = blk.nb > 1 ? grow<T>(outbuf, len * Kg) : nullptr;
+  for (int64_t gi = 0; gi < G; ++gi) {
+    const T* xg = xpad + gi * Cg * g.plane;
+    for (int64_t j = 0; j < len; j += NR) {
+      const int nr = (int)std::min<int64_t>(NR, len - j);
+      pack_panel<T>(xg, rowoff, CRS, so + j, nr, (nr + W - 1) / W * W, pan + j * CRS);
+    }
+    if (blk.nb == 1) {
+      T* yg = y + ((blk.n0 * s.K + gi * Kg) * PQ + blk.j0);
+      gemm_packed_panels<T>(Kg, len, CRS, pa + gi * asz, pan, yg, PQ, false);
+      if (b)
+        for (int64_t k = 0; k < Kg; ++k) {
+          const T bk = b[gi * Kg + k];
+          T* yr = yg + k * PQ;
+          for (int64_t u = 0; u < len; ++u) yr[u] += bk;
+        }
+    } else {
+      gemm_packed_panels<T>(Kg, len, CRS, pa + gi * asz, pan, out, len, false);
+      for (int64_t i = 0; i < blk.nb; ++i)
+        for (int64_t k = 0; k < Kg; ++k) {
+          const T bk = b ? b[gi * Kg + k] : T(0);
+          T* yr = y + ((blk.n0 + i) * s.K + gi * Kg + k) * PQ;
+          const T* o = out + (k * len + i * PQ);
+          for (int64_t u = 0; u < PQ; ++u) yr[u] = o[u] + bk;
+        }
+    }
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void conv2d_forward_implicit(const ConvShape& s, const T* x, const T* w, const T* b, T* y) {
+  const int64_t G = s.groups, Cg = s.C / G, Kg = s.K / G, PQ = s.P * s.Q;
+  const int64_t CRS = Cg * s.R * s.S;
+  if (s.N <= 0 || s.K <= 0 || PQ <= 0) return;
+  std::vector<Block> blocks;
+  make_blocks(0, s.N, PQ, implicit_cols<T>(CRS), blocks);
+  const int64_t nblk = (int64_t)blocks.size();
+  const int nt = num_threads_for(nblk);
+  // Threads split the blocks; too few of them for that (a small batch): im2col, whose gemm
+  // splits each product over the threads instead.
+  if (s.stride_h != 1 || s.stride_w != 1 || CRS == 0 || (nt > 1 && nblk < 2 * nt))
+    return conv2d_forward_im2col(s, x, w, b, y);
+  const Padded g = padded_geom(s);
+  std::vector<int64_t> rowoff((size_t)CRS);
+  for (int64_t c = 0; c < Cg; ++c)
+    for (int64_t r = 0; r < s.R; ++r)
+      for (int64_t sx = 0; sx < s.S; ++sx)
+        rowoff[(size_t)((c * s.R + r) * s.S + sx)] = c * g.plane + r * s.dil_h * g.Wp + sx * s.dil_w;
+  const int64_t asz = gemm_packed_a_size<T>(Kg, CRS);
+  std::vector<T> pa((size_t)(G * asz));
+  for (int64_t gi = 0; gi < G; ++gi) gemm_pack_a<T>(Kg, CRS, w + gi * Kg * CRS, CRS, 1, pa.data() + gi * asz);
+#pragma omp parallel num_threads(nt)
+  {
+    std::vector<T> xpad, panels, outbuf;
+    std::vector<int64_t> src;
+    int64_t b0, e0, loaded = -1;
+    split(nblk, nt, thread_id(), b0, e0);
+    for (int64_t i = b0; i < e0; ++i) {
+      const Block& blk = blocks[(size_t)i];
+      if (blk.n0 != loaded || blk.nb > 1) {  // pad the block's samples (once per sample)
+        T* xp = grow<T>(xpad, blk.nb * g.sample);
+        for (int64_t u = 0; u < blk.nb; ++u)
+          pad_fill(s, g, x + (blk.n0 + u) * s.C * s.H * s.W, xp + u * g.sample);
+        loaded = blk.nb > 1 ? -1 : blk.n0;
+      }
+      implicit_block(s, g, rowoff.data(), pa.data(), xpad.data(), b, y, blk, src, panels, outbuf);
+    }
+  }
+}
+
+// dx of a stride-1 convolution is the forward convolution of dy with the flipped, transposed
+// filters w'[g*Cg + c, k, r, s] = w[g*Kg + k, c, R-1-r, S-1-s], padded by (R-1)*dh - pad_h on
+// top (likewise left) and with dx's size as its output: a gather, no col2im scatter. dw and
+// db as the im2col backward.
+template <typename T>
+void conv2d_backward_implicit(const ConvShape& s, const T* dy, const T* x, const T* w, T* dx, T* dw,
+                              T* db) {
+  if (s.stride_h != 1 || s.stride_w != 1 || s.N <= 0)
+    return conv2d_backward_im2col(s, dy, x, w, dx, dw, db);
+  if (dw || db) conv2d_backward_im2col(s, dy, x, w, (T*)nullptr, dw, db);
+  if (!dx) return;
+  const int64_t G = s.groups, Cg = s.C / G, Kg = s.K / G, RS = s.R * s.S;
+  std::vector<T> wf((size_t)std::max<int64_t>(1, s.K * Cg * RS));
+  for (int64_t gi = 0; gi < G; ++gi)
+    for (int64_t k = 0; k < Kg; ++k)
+      for (int64_t c = 0; c < Cg; ++c)
+        for (int64_t u = 0; u < RS; ++u)
+          wf[(size_t)(((gi * Cg + c) * Kg + k) * RS + RS - 1 - u)] = w[((gi * Kg + k) * Cg + c) * RS + u];
+  ConvShape t = s;
+  t.C = s.K, t.H = s.P, t.W = s.Q, t.K = s.C, t.P = s.H, t.Q = s.W;
+  t.pad_h = (s.R - 1) * s.dil_h - s.pad_h, t.pad_w = (s.S - 1) * s.dil_w - s.pad_w;
+  conv2d_forward_implicit(t, dy, wf.data(), (const T*)nullptr, dx);
+}
+
 // ---- depthwise --------------------------------------------------------------------------------
 //
 // Each input plane is copied into a zero-padded buffer, deinterleaved by the column stride:
@@ -708,6 +966,9 @@ void conv2d_backward_depthwise(const ConvShape& s, const T* dy, const T* x, cons
   template void conv2d_forward_im2col<T>(const ConvShape&, const T*, const T*, const T*, T*);     \
   template void conv2d_backward_im2col<T>(const ConvShape&, const T*, const T*, const T*, T*, T*, \
                                           T*);                                                    \
+  template void conv2d_forward_implicit<T>(const ConvShape&, const T*, const T*, const T*, T*);   \
+  template void conv2d_backward_implicit<T>(const ConvShape&, const T*, const T*, const T*, T*,   \
+                                            T*, T*);                                              \
   template void conv2d_forward_depthwise<T>(const ConvShape&, const T*, const T*, const T*, T*);  \
   template void conv2d_backward_depthwise<T>(const ConvShape&, const T*, const T*, const T*, T*,  \
                                              T*, T*);

@@ -553,13 +553,72 @@ void gemm_prepacked_b(int64_t M, int64_t N, int64_t K, const T* A, int64_t rsa, 
                  parallel);
 }
 
+template <typename T>
+int gemm_panel_width() {
+  return Cfg<T>::NR;
+}
+
+template <typename T>
+int64_t gemm_packed_a_size(int64_t M, int64_t K) {
+  return M > 0 && K > 0 ? M * K : 0;
+}
+
+// K block pb of the packed A starts at pc * M (pc = its first k): the pack_a_block layout of
+// all M rows, whose MR-row panel i0 sits at i0 * kc within the block.
+template <typename T>
+void gemm_pack_a(int64_t M, int64_t K, const T* A, int64_t rsa, int64_t csa, T* packed) {
+  if (M <= 0 || K <= 0) return;
+  const KBlocking<T> kb(K);
+  for (int64_t pb = 0; pb < kb.nblocks; ++pb) {
+    const int64_t pc = pb * kb.kcb;
+    pack_a_block<T>(M, std::min<int64_t>(kb.kcb, K - pc), A + pc * csa, rsa, csa, packed + pc * M);
+  }
+}
+
+// The loop nest of gemm_block with nothing left to pack: A from gemm_pack_a, B in panels.
+template <typename T>
+void gemm_packed_panels(int64_t M, int64_t N, int64_t K, const T* packed_a, const T* panels,
+                        T* C, int64_t ldc, bool accumulate) {
+  using CF = Cfg<T>;
+  constexpr int MR = CF::MR, NR = CF::NR, W = CF::W;
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    if (!accumulate) zero_c(M, N, C, ldc);
+    return;
+  }
+  const KBlocking<T> kb(K);
+  for (int64_t pb = 0; pb < kb.nblocks; ++pb) {
+    const int64_t pc = pb * kb.kcb;
+    const int64_t kc = std::min<int64_t>(kb.kcb, K - pc);
+    const bool overwrite = !accumulate && pb == 0;
+    const T* ablk = packed_a + pc * M;
+    for (int64_t ic = 0; ic < M; ic += CF::MC) {
+      const int64_t mc = std::min<int64_t>(CF::MC, M - ic);
+      for (int64_t j = 0; j < N; j += NR) {
+        const int nr = (int)std::min<int64_t>(NR, N - j);
+        const int nv = (nr + W - 1) / W;
+        const T* bp = panels + j * K + pc * (nv * W);
+        for (int64_t i = ic; i < ic + mc; i += MR) {
+          const int mr = (int)std::min<int64_t>(MR, M - i);
+          get_kernel<T>(mr, nv)(kc, ablk + i * kc, bp, nv * W, C + i * ldc + j, ldc, nr, overwrite);
+        }
+      }
+    }
+  }
+}
+
 #define DLK_GEMM_INSTANTIATE(T)                                                               \
   template void gemm<T>(int64_t, int64_t, int64_t, const T*, int64_t, int64_t, const T*,     \
                         int64_t, int64_t, T*, int64_t, bool, bool);                          \
   template int64_t gemm_packed_b_size<T>(int64_t, int64_t);                                  \
   template void gemm_pack_b<T>(int64_t, int64_t, const T*, int64_t, int64_t, T*);            \
   template void gemm_prepacked_b<T>(int64_t, int64_t, int64_t, const T*, int64_t, int64_t,   \
-                                    const T*, T*, int64_t, bool, bool);
+                                    const T*, T*, int64_t, bool, bool);                      \
+  template int gemm_panel_width<T>();                                                         \
+  template int64_t gemm_packed_a_size<T>(int64_t, int64_t);                                  \
+  template void gemm_pack_a<T>(int64_t, int64_t, const T*, int64_t, int64_t, T*);            \
+  template void gemm_packed_panels<T>(int64_t, int64_t, int64_t, const T*, const T*, T*,     \
+                                      int64_t, bool);
 DLK_GEMM_INSTANTIATE(float)
 DLK_GEMM_INSTANTIATE(double)
 #undef DLK_GEMM_INSTANTIATE
