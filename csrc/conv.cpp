@@ -14,7 +14,7 @@
 //             are packed straight from a zero-padded copy of the sample, the filters once per
 //             call; the micro-kernels run on both (gemm_packed_panels). dx is the forward
 //             convolution of dy with the flipped, transposed filters (no col2im scatter);
-//             dw and db as im2col.
+//             dw = dy @ col^T with col^T's panels built from the padded sample too.
 //   depthwise groups == C and K == C*m: a direct kernel vectorized along the output width,
 //             reading a zero-padded, stride-deinterleaved copy of each input plane so that
 //             every tap is one unaligned vector load. Backward: dw and db as vector dot
@@ -344,6 +344,37 @@ void bwd_sample(const ConvShape& s, const T* dy, const T* x, const T* w, T* dx, 
   }
 }
 
+// Samples split over nt threads, body(n0, n1, dwp, dbp) adding its samples' dw and db into
+// zeroed per-thread partial sums (null where not wanted), reduced in thread order afterwards:
+// bitwise repeatable at a fixed thread count.
+template <typename T, typename Body>
+void per_thread_sums(int nt, int64_t N, int64_t wsize, int64_t K, T* dw, T* db, const Body& body) {
+  const int64_t part = (dw ? wsize : 0) + (db ? K : 0);
+  std::vector<T> partials((size_t)(part * nt), T(0));
+#pragma omp parallel num_threads(nt)
+  {
+    const int t = thread_id();
+    T* mine = partials.data() + part * t;
+    int64_t n0, n1;
+    split(N, nt, t, n0, n1);
+    body(n0, n1, dw ? mine : nullptr, db ? mine + (dw ? wsize : 0) : nullptr);
+#pragma omp barrier
+    int64_t b0, e0;
+    split(part, nt, t, b0, e0);
+    for (int64_t i = b0; i < e0; ++i) {
+      T acc = partials[(size_t)i];
+      for (int u = 1; u < nt; ++u) acc += partials[(size_t)(part * u + i)];
+      if (dw && i < wsize) dw[i] = acc;
+      else db[i - (dw ? wsize : 0)] = acc;
+    }
+  }
+}
+
+// Enough samples for every thread to get a fair share of whole ones.
+inline bool split_samples(int nt, int64_t N) {
+  return nt > 1 && (N % nt == 0 || N >= 4 * nt);
+}
+
 }  // namespace
 
 template <typename T>
@@ -361,37 +392,17 @@ void conv2d_backward_im2col(const ConvShape& s, const T* dy, const T* x, const T
   if (PQ == 0 || s.K == 0) return;
   if (!dx && !dw && !db) return;
   const int nt = num_threads_for(s.N);
-  const bool per_thread = nt > 1 && (s.N % nt == 0 || s.N >= 4 * nt);
-  if (!per_thread) {
+  if (!split_samples(nt, s.N)) {
     std::vector<T> colbuf, dcolbuf;
     for (int64_t n = 0; n < s.N; ++n)
       bwd_sample(s, dy, x, w, dx, dw, db, n, colbuf, dcolbuf, !in_parallel());
     return;
   }
-  // Per-thread partial sums of dw and db, reduced in thread order.
-  const int64_t part = (dw ? wsize : 0) + (db ? s.K : 0);
-  std::vector<T> partials((size_t)(part * nt), T(0));
-#pragma omp parallel num_threads(nt)
-  {
-    const int t = thread_id();
-    T* mine = partials.data() + part * t;
-    T* dwp = dw ? mine : nullptr;
-    T* dbp = db ? mine + (dw ? wsize : 0) : nullptr;
+  per_thread_sums(nt, s.N, wsize, s.K, dw, db, [&](int64_t n0, int64_t n1, T* dwp, T* dbp) {
     std::vector<T> colbuf, dcolbuf;
-    int64_t nb0, ne;
-    split(s.N, nt, t, nb0, ne);
-    for (int64_t n = nb0; n < ne; ++n)
+    for (int64_t n = n0; n < n1; ++n)
       bwd_sample(s, dy, x, w, dx, dwp, dbp, n, colbuf, dcolbuf, false);
-#pragma omp barrier
-    int64_t b0, e0;
-    split(part, nt, t, b0, e0);
-    for (int64_t i = b0; i < e0; ++i) {
-      T acc = partials[(size_t)i];
-      for (int u = 1; u < nt; ++u) acc += partials[(size_t)(part * u + i)];
-      if (dw && i < wsize) dw[i] = acc;
-      else db[i - (dw ? wsize : 0)] = acc;
-    }
-  }
+  });
 }
 
 // ---- implicit GEMM (stride 1) ----------------------------------------------------------------
@@ -419,6 +430,16 @@ Padded padded_geom(const ConvShape& s) {
   g.plane = g.Hp * g.Wp;
   g.sample = s.C * g.plane;
   return g;
+}
+
+// Offset in the padded planes of col's row (c, r, s), c within a group.
+std::vector<int64_t> row_offsets(const ConvShape& s, const Padded& g) {
+  std::vector<int64_t> off((size_t)(s.C / s.groups * s.R * s.S));
+  for (int64_t c = 0; c < s.C / s.groups; ++c)
+    for (int64_t r = 0; r < s.R; ++r)
+      for (int64_t sx = 0; sx < s.S; ++sx)
+        off[(size_t)((c * s.R + r) * s.S + sx)] = c * g.plane + r * s.dil_h * g.Wp + sx * s.dil_w;
+  return off;
 }
 
 // The padded copy of one sample's C planes (input pixels that no tap reads are dropped, so
@@ -497,14 +518,23 @@ inline vec<T> vor(vec<T> x, vec<T> y) {  // bitwise: lanes zero in one keep the 
   return (vec<T>)((iv)x | (iv)y);
 }
 
-// One B panel of gemm_packed_panels: nr columns (source offsets src[0..nr)) of the K rows at
-// xg + rowoff[k], as rows of w elements.
+// The lane patterns of columns src[0..n), one per vector (the last one possibly partial).
 template <typename T>
-void pack_panel(const T* xg, const int64_t* rowoff, int64_t K, const int64_t* src, int nr, int w,
-                T* dst) {
+void lane_srcs(const int64_t* src, int64_t n, std::vector<LaneSrc<T>>& out) {
   constexpr int W = simd<T>::width;
-  for (int v = 0; v * W < w; ++v) {
-    const LaneSrc<T> l = lane_src<T>(src + v * W, std::min(W, nr - v * W));
+  out.clear();
+  for (int64_t j = 0; j < n; j += W) out.push_back(lane_src<T>(src + j, (int)std::min<int64_t>(W, n - j)));
+}
+
+// Rows k < K of the unfolded matrix, row k at xg + rowoff[k] with the columns of `lanes`,
+// into dst[k * w + column] (w = lanes.size() * width).
+template <typename T>
+void pack_rows(const T* xg, const int64_t* rowoff, int64_t K, const LaneSrc<T>* lanes, int64_t nvec,
+               T* dst) {
+  constexpr int W = simd<T>::width;
+  const int64_t w = nvec * W;
+  for (int64_t v = 0; v < nvec; ++v) {
+    const LaneSrc<T>& l = lanes[v];
     T* d = dst + v * W;
     switch (l.kind) {
       case LaneSrc<T>::RUN:
@@ -536,8 +566,7 @@ int64_t implicit_cols(int64_t CRS) {
 template <typename T>
 void implicit_block(const ConvShape& s, const Padded& g, const int64_t* rowoff, const T* pa,
                     const T* xpad, const T* b, T* y, const Block& blk, std::vector<int64_t>& src,
-                    std::vector<T>& panels, std::vector<T>& outbuf) {
-  constexpr int W = simd<T>::width;
+                    std::vector<LaneSrc<T>>& lanes, std::vector<T>& panels, std::vector<T>& outbuf) {
   const int64_t NR = gemm_panel_width<T>();
   const int64_t G = s.groups, Cg = s.C / G, Kg = s.K / G, PQ = s.P * s.Q;
   const int64_t CRS = Cg * s.R * s.S;
@@ -554,8 +583,9 @@ void implicit_block(const ConvShape& s, const Padded& g, const int64_t* rowoff, 
   for (int64_t gi = 0; gi < G; ++gi) {
     const T* xg = xpad + gi * Cg * g.plane;
     for (int64_t j = 0; j < len; j += NR) {
-      const int nr = (int)std::min<int64_t>(NR, len - j);
-      pack_panel<T>(xg, rowoff, CRS, so + j, nr, (nr + W - 1) / W * W, pan + j * CRS);
+      const int64_t nr = std::min<int64_t>(NR, len - j);
+      lane_srcs<T>(so + j, nr, lanes);
+      pack_rows<T>(xg, rowoff, CRS, lanes.data(), (int64_t)lanes.size(), pan + j * CRS);
     }
     if (blk.nb == 1) {
       T* yg = y + ((blk.n0 * s.K + gi * Kg) * PQ + blk.j0);
@@ -579,6 +609,64 @@ void implicit_block(const ConvShape& s, const Padded& g, const int64_t* rowoff, 
   }
 }
 
+// dw and db of one sample, per chunk of J output positions and group:
+//   dw_g[Kg, CRS] += dy_g[Kg, J] @ col[CRS, J]^T
+// dy_g's chunk packed once as gemm's A; then, for each NR-wide slice of col's rows, the col^T
+// panel (J x NR) built from the padded sample: TJ columns of the rows at a time copied with
+// the lane patterns (pack_rows, into an L1-sized strip), then transposed by gemm_pack_b.
+template <typename T>
+struct DwBufs {
+  std::vector<int64_t> src;
+  std::vector<LaneSrc<T>> lanes;
+  std::vector<T> pa, strip, panel;
+};
+
+template <typename T>
+void dw_sample(const ConvShape& s, const Padded& g, const int64_t* rowoff, const T* xpad,
+               const T* dy, int64_t n, T* dwp, T* dbp, DwBufs<T>& bf) {
+  constexpr int64_t W = simd<T>::width, TJ = 128;
+  const int64_t NR = gemm_panel_width<T>();
+  const int64_t G = s.groups, Cg = s.C / G, Kg = s.K / G, PQ = s.P * s.Q;
+  const int64_t CRS = Cg * s.R * s.S;
+  // chunks: dy's packed chunk (Kg x J) about 256 KiB, so that it and a panel stay in L2
+  const int64_t jmax = std::max<int64_t>(TJ, 256 * 1024 / (int64_t)sizeof(T) / std::max<int64_t>(Kg, 1));
+  const int64_t nch = (PQ + jmax - 1) / jmax, J = (PQ + nch - 1) / nch;
+  T* strip = grow<T>(bf.strip, NR * TJ);
+  T* panel = grow<T>(bf.panel, J * NR);
+  T* pa = grow<T>(bf.pa, gemm_packed_a_size<T>(Kg, J));
+  int64_t* so = grow<int64_t>(bf.src, J);
+  for (int64_t gi = 0; gi < G; ++gi) {
+    const T* dyg = dy + (n * s.K + gi * Kg) * PQ;
+    if (dbp)
+      for (int64_t k = 0; k < Kg; ++k) {
+        const T* d = dyg + k * PQ;
+        T acc = 0;
+#pragma omp simd reduction(+ : acc)
+        for (int64_t i = 0; i < PQ; ++i) acc += d[i];
+        dbp[gi * Kg + k] += acc;
+      }
+  }
+  if (!dwp) return;
+  for (int64_t j0 = 0; j0 < PQ; j0 += J) {
+    const int64_t len = std::min(J, PQ - j0);
+    for (int64_t jj = 0; jj < len; ++jj) so[jj] = ((j0 + jj) / s.Q) * g.Wp + (j0 + jj) % s.Q;
+    lane_srcs<T>(so, len, bf.lanes);
+    for (int64_t gi = 0; gi < G; ++gi) {
+      gemm_pack_a<T>(Kg, len, dy + (n * s.K + gi * Kg) * PQ + j0, PQ, 1, pa);
+      const T* xg = xpad + gi * Cg * g.plane;
+      for (int64_t c0 = 0; c0 < CRS; c0 += NR) {
+        const int64_t nr = std::min<int64_t>(NR, CRS - c0), w = (nr + W - 1) / W * W;
+        for (int64_t t0 = 0; t0 < len; t0 += TJ) {
+          const int64_t tj = std::min<int64_t>(TJ, len - t0), nvec = (tj + W - 1) / W;
+          pack_rows<T>(xg, rowoff + c0, nr, bf.lanes.data() + t0 / W, nvec, strip);
+          gemm_pack_b<T>(tj, nr, strip, 1, nvec * W, panel + t0 * w);
+        }
+        gemm_packed_panels<T>(Kg, nr, len, pa, panel, dwp + gi * Kg * CRS + c0, CRS, true);
+      }
+    }
+  }
+}
+
 }  // namespace
 
 template <typename T>
@@ -595,11 +683,7 @@ void conv2d_forward_implicit(const ConvShape& s, const T* x, const T* w, const T
   if (s.stride_h != 1 || s.stride_w != 1 || CRS == 0 || (nt > 1 && nblk < 2 * nt))
     return conv2d_forward_im2col(s, x, w, b, y);
   const Padded g = padded_geom(s);
-  std::vector<int64_t> rowoff((size_t)CRS);
-  for (int64_t c = 0; c < Cg; ++c)
-    for (int64_t r = 0; r < s.R; ++r)
-      for (int64_t sx = 0; sx < s.S; ++sx)
-        rowoff[(size_t)((c * s.R + r) * s.S + sx)] = c * g.plane + r * s.dil_h * g.Wp + sx * s.dil_w;
+  const std::vector<int64_t> rowoff = row_offsets(s, g);
   const int64_t asz = gemm_packed_a_size<T>(Kg, CRS);
   std::vector<T> pa((size_t)(G * asz));
   for (int64_t gi = 0; gi < G; ++gi) gemm_pack_a<T>(Kg, CRS, w + gi * Kg * CRS, CRS, 1, pa.data() + gi * asz);
@@ -607,6 +691,7 @@ void conv2d_forward_implicit(const ConvShape& s, const T* x, const T* w, const T
   {
     std::vector<T> xpad, panels, outbuf;
     std::vector<int64_t> src;
+    std::vector<LaneSrc<T>> lanes;
     int64_t b0, e0, loaded = -1;
     split(nblk, nt, thread_id(), b0, e0);
     for (int64_t i = b0; i < e0; ++i) {
@@ -617,7 +702,8 @@ void conv2d_forward_implicit(const ConvShape& s, const T* x, const T* w, const T
           pad_fill(s, g, x + (blk.n0 + u) * s.C * s.H * s.W, xp + u * g.sample);
         loaded = blk.nb > 1 ? -1 : blk.n0;
       }
-      implicit_block(s, g, rowoff.data(), pa.data(), xpad.data(), b, y, blk, src, panels, outbuf);
+      implicit_block(s, g, rowoff.data(), pa.data(), xpad.data(), b, y, blk, src, lanes, panels,
+                     outbuf);
     }
   }
 }
@@ -625,13 +711,29 @@ void conv2d_forward_implicit(const ConvShape& s, const T* x, const T* w, const T
 // dx of a stride-1 convolution is the forward convolution of dy with the flipped, transposed
 // filters w'[g*Cg + c, k, r, s] = w[g*Kg + k, c, R-1-r, S-1-s], padded by (R-1)*dh - pad_h on
 // top (likewise left) and with dx's size as its output: a gather, no col2im scatter. dw and
-// db as the im2col backward.
+// db by dw_sample, samples split over the threads as in the im2col backward (which takes
+// over when there are too few samples for that).
 template <typename T>
 void conv2d_backward_implicit(const ConvShape& s, const T* dy, const T* x, const T* w, T* dx, T* dw,
                               T* db) {
   if (s.stride_h != 1 || s.stride_w != 1 || s.N <= 0)
     return conv2d_backward_im2col(s, dy, x, w, dx, dw, db);
-  if (dw || db) conv2d_backward_im2col(s, dy, x, w, (T*)nullptr, dw, db);
+  const int64_t PQ = s.P * s.Q, wsize = s.K * (s.C / s.groups) * s.R * s.S;
+  const int nt = num_threads_for(s.N);
+  if ((dw || db) && (PQ == 0 || wsize == 0 || (nt > 1 && !split_samples(nt, s.N)))) {
+    conv2d_backward_im2col(s, dy, x, w, (T*)nullptr, dw, db);
+  } else if (dw || db) {
+    const Padded g = padded_geom(s);
+    const std::vector<int64_t> rowoff = row_offsets(s, g);
+    per_thread_sums(nt, s.N, wsize, s.K, dw, db, [&](int64_t n0, int64_t n1, T* dwp, T* dbp) {
+      DwBufs<T> bf;
+      std::vector<T> xpad(dwp ? (size_t)g.sample : 0);
+      for (int64_t n = n0; n < n1; ++n) {
+        if (dwp) pad_fill(s, g, x + n * s.C * s.H * s.W, xpad.data());
+        dw_sample(s, g, rowoff.data(), xpad.data(), dy, n, dwp, dbp, bf);
+      }
+    });
+  }
   if (!dx) return;
   const int64_t G = s.groups, Cg = s.C / G, Kg = s.K / G, RS = s.R * s.S;
   std::vector<T> wf((size_t)std::max<int64_t>(1, s.K * Cg * RS));
