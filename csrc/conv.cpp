@@ -694,24 +694,34 @@ void conv2d_forward_implicit(const ConvShape& s, const T* x, const T* w, const T
   const int64_t asz = gemm_packed_a_size<T>(Kg, CRS);
   std::vector<T> pa((size_t)(G * asz));
   for (int64_t gi = 0; gi < G; ++gi) gemm_pack_a<T>(Kg, CRS, w + gi * Kg * CRS, CRS, 1, pa.data() + gi * asz);
+  // Work units handed out dynamically (a thread slowed by other load takes fewer; which thread
+  // computes a block changes nothing in it): a sample's blocks together, so that it is padded
+  // once, when there are samples enough to balance the threads; single blocks otherwise.
+  std::vector<int64_t> units;  // first block of each unit, then nblk
+  const bool by_sample = s.N >= 4 * nt;
+  for (int64_t i = 0; i < nblk; ++i)
+    if (!by_sample || i == 0 || blocks[(size_t)i].n0 != blocks[(size_t)i - 1].n0) units.push_back(i);
+  units.push_back(nblk);
+  const int64_t nunits = (int64_t)units.size() - 1;
 #pragma omp parallel num_threads(nt)
   {
     std::vector<T> xpad, panels, outbuf;
     std::vector<int64_t> src;
     std::vector<LaneSrc<T>> lanes;
-    int64_t b0, e0, loaded = -1;
-    split(nblk, nt, thread_id(), b0, e0);
-    for (int64_t i = b0; i < e0; ++i) {
-      const Block& blk = blocks[(size_t)i];
-      if (blk.n0 != loaded || blk.nb > 1) {  // pad the block's samples (once per sample)
-        T* xp = grow<T>(xpad, blk.nb * g.sample);
-        for (int64_t u = 0; u < blk.nb; ++u)
-          pad_fill(s, g, x + (blk.n0 + u) * s.C * s.H * s.W, xp + u * g.sample);
-        loaded = blk.nb > 1 ? -1 : blk.n0;
+    int64_t loaded = -1;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t u = 0; u < nunits; ++u)
+      for (int64_t i = units[(size_t)u]; i < units[(size_t)u + 1]; ++i) {
+        const Block& blk = blocks[(size_t)i];
+        if (blk.n0 != loaded || blk.nb > 1) {  // pad the block's samples (once per sample)
+          T* xp = grow<T>(xpad, blk.nb * g.sample);
+          for (int64_t v = 0; v < blk.nb; ++v)
+            pad_fill(s, g, x + (blk.n0 + v) * s.C * s.H * s.W, xp + v * g.sample);
+          loaded = blk.nb > 1 ? -1 : blk.n0;
+        }
+        implicit_block(s, g, rowoff.data(), pa.data(), xpad.data(), b, y, blk, src, lanes, panels,
+                       outbuf);
       }
-      implicit_block(s, g, rowoff.data(), pa.data(), xpad.data(), b, y, blk, src, lanes, panels,
-                     outbuf);
-    }
   }
 }
 
