@@ -29,7 +29,6 @@
 // therefore bitwise repeatable at a fixed thread count. No global mutable state: every buffer
 // belongs to one call.
 #include <algorithm>
-#include <type_traits>
 #include <cstring>
 #include <vector>
 
@@ -516,9 +515,22 @@ inline vec<T> load_lanes(const T* base, int64_t off, int lo, int hi) {
 
 template <typename T>
 inline vec<T> vor(vec<T> x, vec<T> y) {  // bitwise: lanes zero in one keep the other's bits
-  using I = typename std::conditional<sizeof(T) == 4, int32_t, int64_t>::type;
-  typedef I iv __attribute__((vector_size(VBYTES)));
-  return (vec<T>)((iv)x | (iv)y);
+  return (vec<T>)((ivec<T>)x | (ivec<T>)y);
+}
+
+// One vector of an unfolded row at base, the columns of l (whose kind is KIND).
+template <typename T, int KIND>
+inline vec<T> load_row(const T* base, const LaneSrc<T>& l) {
+  if constexpr (KIND == LaneSrc<T>::RUN) {
+    return vload(base + l.a);
+  } else if constexpr (KIND == LaneSrc<T>::TWO) {
+    return vor<T>(load_lanes(base, l.a, 0, l.split), load_lanes(base, l.b, l.split, l.n));
+  } else {
+    vec<T> v = vbroadcast(T(0));
+    for (int t = 0; t < simd<T>::width; ++t)
+      if (l.idx[t] >= 0) v[t] = base[l.idx[t]];
+    return v;
+  }
 }
 
 // The lane patterns of columns src[0..n), one per vector (the last one possibly partial).
@@ -539,23 +551,49 @@ void pack_rows(const T* xg, const int64_t* rowoff, int64_t K, const LaneSrc<T>* 
   for (int64_t v = 0; v < nvec; ++v) {
     const LaneSrc<T>& l = lanes[v];
     T* d = dst + v * W;
-    switch (l.kind) {
-      case LaneSrc<T>::RUN:
-        for (int64_t k = 0; k < K; ++k) vstore(d + k * w, vload(xg + rowoff[k] + l.a));
-        break;
-      case LaneSrc<T>::TWO:
-        for (int64_t k = 0; k < K; ++k) {
-          const T* base = xg + rowoff[k];
-          vstore(d + k * w, vor<T>(load_lanes(base, l.a, 0, l.split), load_lanes(base, l.b, l.split, l.n)));
-        }
-        break;
-      case LaneSrc<T>::LANES:
-        for (int64_t k = 0; k < K; ++k) {
-          const T* base = xg + rowoff[k];
-          for (int t = 0; t < W; ++t) d[k * w + t] = l.idx[t] >= 0 ? base[l.idx[t]] : T(0);
-        }
-        break;
+    if (l.kind == LaneSrc<T>::RUN)
+      for (int64_t k = 0; k < K; ++k) vstore(d + k * w, load_row<T, LaneSrc<T>::RUN>(xg + rowoff[k], l));
+    else if (l.kind == LaneSrc<T>::TWO)
+      for (int64_t k = 0; k < K; ++k) vstore(d + k * w, load_row<T, LaneSrc<T>::TWO>(xg + rowoff[k], l));
+    else
+      for (int64_t k = 0; k < K; ++k) vstore(d + k * w, load_row<T, LaneSrc<T>::LANES>(xg + rowoff[k], l));
+  }
+}
+
+// The transpose of pack_rows, for dw's B panel: dst[j * w + k] = row k's column j, for the
+// nr rows at xg + rowoff[k] (w = nr rounded up to the vector width, the padding zero) and the
+// columns of one lane pattern l (nj of them, at dst's rows). W rows at a time are loaded and
+// transposed in registers.
+template <typename T, int KIND>
+void pack_rows_t_group(const T* xg, const int64_t* rowoff, int64_t nr, const LaneSrc<T>& l,
+                       int64_t nj, int64_t w, T* dst) {
+  constexpr int W = simd<T>::width;
+  for (int64_t k0 = 0; k0 < w; k0 += W) {
+    vec<T> r[W];
+    if (k0 + W <= nr) {
+#pragma GCC unroll 16
+      for (int t = 0; t < W; ++t) r[t] = load_row<T, KIND>(xg + rowoff[k0 + t], l);
+    } else {
+      for (int t = 0; t < W; ++t)
+        r[t] = k0 + t < nr ? load_row<T, KIND>(xg + rowoff[k0 + t], l) : vbroadcast(T(0));
     }
+    transpose<T>(r);
+    for (int64_t u = 0; u < nj; ++u) vstore(dst + u * w + k0, r[u]);
+  }
+}
+
+template <typename T>
+void pack_rows_t(const T* xg, const int64_t* rowoff, int64_t nr, const LaneSrc<T>* lanes,
+                 int64_t len, T* dst) {
+  constexpr int W = simd<T>::width;
+  const int64_t w = (nr + W - 1) / W * W;
+  for (int64_t j0 = 0; j0 < len; j0 += W) {
+    const LaneSrc<T>& l = lanes[j0 / W];
+    const int64_t nj = std::min<int64_t>(W, len - j0);
+    T* d = dst + j0 * w;
+    if (l.kind == LaneSrc<T>::RUN) pack_rows_t_group<T, LaneSrc<T>::RUN>(xg, rowoff, nr, l, nj, w, d);
+    else if (l.kind == LaneSrc<T>::TWO) pack_rows_t_group<T, LaneSrc<T>::TWO>(xg, rowoff, nr, l, nj, w, d);
+    else pack_rows_t_group<T, LaneSrc<T>::LANES>(xg, rowoff, nr, l, nj, w, d);
   }
 }
 
@@ -619,26 +657,23 @@ void implicit_block(const ConvShape& s, const Padded& g, const int64_t* rowoff, 
 // dw and db of one sample, per chunk of J output positions and group:
 //   dw_g[Kg, CRS] += dy_g[Kg, J] @ col[CRS, J]^T
 // dy_g's chunk packed once as gemm's A; then, for each NR-wide slice of col's rows, the col^T
-// panel (J x NR) built from the padded sample: TJ columns of the rows at a time copied with
-// the lane patterns (pack_rows, into an L1-sized strip), then transposed by gemm_pack_b.
+// panel (J x NR) built from the padded sample by pack_rows_t.
 template <typename T>
 struct DwBufs {
   std::vector<int64_t> src;
   std::vector<LaneSrc<T>> lanes;
-  std::vector<T> pa, strip, panel;
+  std::vector<T> pa, panel;
 };
 
 template <typename T>
 void dw_sample(const ConvShape& s, const Padded& g, const int64_t* rowoff, const T* xpad,
                const T* dy, int64_t n, T* dwp, T* dbp, DwBufs<T>& bf) {
-  constexpr int64_t W = simd<T>::width, TJ = 128;
   const int64_t NR = gemm_panel_width<T>();
   const int64_t G = s.groups, Cg = s.C / G, Kg = s.K / G, PQ = s.P * s.Q;
   const int64_t CRS = Cg * s.R * s.S;
   // chunks: dy's packed chunk (Kg x J) about 256 KiB, so that it and a panel stay in L2
-  const int64_t jmax = std::max<int64_t>(TJ, 256 * 1024 / (int64_t)sizeof(T) / std::max<int64_t>(Kg, 1));
+  const int64_t jmax = std::max<int64_t>(NR, 256 * 1024 / (int64_t)sizeof(T) / std::max<int64_t>(Kg, 1));
   const int64_t nch = (PQ + jmax - 1) / jmax, J = (PQ + nch - 1) / nch;
-  T* strip = grow<T>(bf.strip, NR * TJ);
   T* panel = grow<T>(bf.panel, J * NR);
   T* pa = grow<T>(bf.pa, gemm_packed_a_size<T>(Kg, J));
   int64_t* so = grow<int64_t>(bf.src, J);
@@ -662,12 +697,8 @@ void dw_sample(const ConvShape& s, const Padded& g, const int64_t* rowoff, const
       gemm_pack_a<T>(Kg, len, dy + (n * s.K + gi * Kg) * PQ + j0, PQ, 1, pa);
       const T* xg = xpad + gi * Cg * g.plane;
       for (int64_t c0 = 0; c0 < CRS; c0 += NR) {
-        const int64_t nr = std::min<int64_t>(NR, CRS - c0), w = (nr + W - 1) / W * W;
-        for (int64_t t0 = 0; t0 < len; t0 += TJ) {
-          const int64_t tj = std::min<int64_t>(TJ, len - t0), nvec = (tj + W - 1) / W;
-          pack_rows<T>(xg, rowoff + c0, nr, bf.lanes.data() + t0 / W, nvec, strip);
-          gemm_pack_b<T>(tj, nr, strip, 1, nvec * W, panel + t0 * w);
-        }
+        const int64_t nr = std::min<int64_t>(NR, CRS - c0);
+        pack_rows_t<T>(xg, rowoff + c0, nr, bf.lanes.data(), len, panel);
         gemm_packed_panels<T>(Kg, nr, len, pa, panel, dwp + gi * Kg * CRS + c0, CRS, true);
       }
     }
