@@ -705,42 +705,53 @@ void dw_sample(const ConvShape& s, const Padded& g, const int64_t* rowoff, const
   }
 }
 
-}  // namespace
-
+// The implicit forward, set up by the calling thread and run by a team of threads, so that
+// the backward can run dx's blocks in the same parallel region as dw.
 template <typename T>
-void conv2d_forward_implicit(const ConvShape& s, const T* x, const T* w, const T* b, T* y) {
-  const int64_t G = s.groups, Cg = s.C / G, Kg = s.K / G, PQ = s.P * s.Q;
-  const int64_t CRS = Cg * s.R * s.S;
-  if (s.N <= 0 || s.K <= 0 || PQ <= 0) return;
+struct ImplicitForward {
+  ConvShape s;
+  Padded g;
+  const T *x, *b;
+  T* y;
+  std::vector<int64_t> rowoff, units;  // units: first block of each, then the block count
+  std::vector<T> pa;                    // the filters, packed per group
   std::vector<Block> blocks;
-  make_blocks(0, s.N, PQ, implicit_cols<T>(CRS), blocks, gemm_panel_width<T>());
-  const int64_t nblk = (int64_t)blocks.size();
-  const int nt = num_threads_for(nblk);
-  // Threads split the blocks; too few of them for that (a small batch): im2col, whose gemm
-  // splits each product over the threads instead.
-  if (s.stride_h != 1 || s.stride_w != 1 || CRS == 0 || (nt > 1 && nblk < 2 * nt))
-    return conv2d_forward_im2col(s, x, w, b, y);
-  const Padded g = padded_geom(s);
-  const std::vector<int64_t> rowoff = row_offsets(s, g);
-  const int64_t asz = gemm_packed_a_size<T>(Kg, CRS);
-  std::vector<T> pa((size_t)(G * asz));
-  for (int64_t gi = 0; gi < G; ++gi) gemm_pack_a<T>(Kg, CRS, w + gi * Kg * CRS, CRS, 1, pa.data() + gi * asz);
-  // Work units handed out dynamically (a thread slowed by other load takes fewer; which thread
-  // computes a block changes nothing in it): a sample's blocks together, so that it is padded
-  // once, when there are samples enough to balance the threads; single blocks otherwise.
-  std::vector<int64_t> units;  // first block of each unit, then nblk
-  const bool by_sample = s.N >= 4 * nt;
-  for (int64_t i = 0; i < nblk; ++i)
-    if (!by_sample || i == 0 || blocks[(size_t)i].n0 != blocks[(size_t)i - 1].n0) units.push_back(i);
-  units.push_back(nblk);
-  const int64_t nunits = (int64_t)units.size() - 1;
-#pragma omp parallel num_threads(nt)
-  {
+
+  // False where implicit does not apply (the caller falls back to im2col): strides, an empty
+  // reduction, or too few blocks for nt threads (a small batch; im2col's gemm splits each
+  // product over the threads instead).
+  bool setup(const ConvShape& shape, const T* x_, const T* w, const T* b_, T* y_, int nt) {
+    s = shape, x = x_, b = b_, y = y_;
+    const int64_t G = s.groups, Cg = s.C / G, Kg = s.K / G, PQ = s.P * s.Q;
+    const int64_t CRS = Cg * s.R * s.S;
+    if (s.stride_h != 1 || s.stride_w != 1 || CRS == 0) return false;
+    make_blocks(0, s.N, PQ, implicit_cols<T>(CRS), blocks, gemm_panel_width<T>());
+    const int64_t nblk = (int64_t)blocks.size();
+    if (nt > 1 && nblk < 2 * nt) return false;
+    g = padded_geom(s);
+    rowoff = row_offsets(s, g);
+    const int64_t asz = gemm_packed_a_size<T>(Kg, CRS);
+    pa.resize((size_t)(G * asz));
+    for (int64_t gi = 0; gi < G; ++gi) gemm_pack_a<T>(Kg, CRS, w + gi * Kg * CRS, CRS, 1, pa.data() + gi * asz);
+    // Units handed out dynamically (a thread slowed by other load takes fewer; which thread
+    // computes a block changes nothing in it): a sample's blocks together, so that it is
+    // padded once, when there are samples enough to balance the threads; else single blocks.
+    const bool by_sample = s.N >= 4 * nt;
+    units.clear();
+    for (int64_t i = 0; i < nblk; ++i)
+      if (!by_sample || i == 0 || blocks[(size_t)i].n0 != blocks[(size_t)i - 1].n0) units.push_back(i);
+    units.push_back(nblk);
+    return true;
+  }
+
+  // Called by every thread of the team (no barrier at the end).
+  void run() const {
     std::vector<T> xpad, panels, outbuf;
     std::vector<int64_t> src;
     std::vector<LaneSrc<T>> lanes;
     int64_t loaded = -1;
-#pragma omp for schedule(dynamic, 1)
+    const int64_t nunits = (int64_t)units.size() - 1;
+#pragma omp for schedule(dynamic, 1) nowait
     for (int64_t u = 0; u < nunits; ++u)
       for (int64_t i = units[(size_t)u]; i < units[(size_t)u + 1]; ++i) {
         const Block& blk = blocks[(size_t)i];
@@ -754,24 +765,55 @@ void conv2d_forward_implicit(const ConvShape& s, const T* x, const T* w, const T
                        outbuf);
       }
   }
+};
+
+}  // namespace
+
+template <typename T>
+void conv2d_forward_implicit(const ConvShape& s, const T* x, const T* w, const T* b, T* y) {
+  if (s.N <= 0 || s.K <= 0 || s.P * s.Q <= 0) return;
+  const int nt = num_threads_for(s.N * s.P * s.Q);
+  ImplicitForward<T> f;
+  if (!f.setup(s, x, w, b, y, nt)) return conv2d_forward_im2col(s, x, w, b, y);
+#pragma omp parallel num_threads(nt)
+  f.run();
 }
 
 // dx of a stride-1 convolution is the forward convolution of dy with the flipped, transposed
 // filters w'[g*Cg + c, k, r, s] = w[g*Kg + k, c, R-1-r, S-1-s], padded by (R-1)*dh - pad_h on
 // top (likewise left) and with dx's size as its output: a gather, no col2im scatter (when
-// there are input channels enough for its gemm). dw and
-// db by dw_sample, samples split over the threads as in the im2col backward (which takes
-// over when there are too few samples for that).
+// there are input channels enough for its gemm). dw and db by dw_sample, samples split over
+// the threads as in the im2col backward (which takes over when there are too few samples for
+// that); dx's blocks follow in the same parallel region.
 template <typename T>
 void conv2d_backward_implicit(const ConvShape& s, const T* dy, const T* x, const T* w, T* dx, T* dw,
                               T* db) {
   if (s.stride_h != 1 || s.stride_w != 1 || s.N <= 0)
     return conv2d_backward_im2col(s, dy, x, w, dx, dw, db);
-  const int64_t PQ = s.P * s.Q, wsize = s.K * (s.C / s.groups) * s.R * s.S;
+  const int64_t G = s.groups, Cg = s.C / G, Kg = s.K / G, RS = s.R * s.S, PQ = s.P * s.Q;
+  const int64_t wsize = s.K * Cg * RS;
   const int nt = num_threads_for(s.N);
-  if ((dw || db) && (PQ == 0 || wsize == 0 || (nt > 1 && !split_samples(nt, s.N)))) {
-    conv2d_backward_im2col(s, dy, x, w, (T*)nullptr, dw, db);
-  } else if (dw || db) {
+  // dx: the flipped convolution, whose gemm has Cg rows; with few, im2col's W^T @ dy (CRS rows)
+  // and col2im is the better shape (C1, one input channel: 2.5x faster).
+  ImplicitForward<T> dxf;
+  std::vector<T> wf;
+  bool dx_flip = false;
+  if (dx && Cg >= 16) {
+    wf.resize((size_t)wsize);
+    for (int64_t gi = 0; gi < G; ++gi)
+      for (int64_t k = 0; k < Kg; ++k)
+        for (int64_t c = 0; c < Cg; ++c)
+          for (int64_t u = 0; u < RS; ++u)
+            wf[(size_t)(((gi * Cg + c) * Kg + k) * RS + RS - 1 - u)] = w[((gi * Kg + k) * Cg + c) * RS + u];
+    ConvShape t = s;
+    t.C = s.K, t.H = s.P, t.W = s.Q, t.K = s.C, t.P = s.H, t.Q = s.W;
+    t.pad_h = (s.R - 1) * s.dil_h - s.pad_h, t.pad_w = (s.S - 1) * s.dil_w - s.pad_w;
+    dx_flip = dxf.setup(t, dy, wf.data(), (const T*)nullptr, dx, nt);
+  }
+  if (dx && !dx_flip) conv2d_backward_im2col(s, dy, x, w, dx, (T*)nullptr, (T*)nullptr);
+  const bool dw_implicit = (dw || db) && PQ > 0 && wsize > 0 && (nt == 1 || split_samples(nt, s.N));
+  if ((dw || db) && !dw_implicit) conv2d_backward_im2col(s, dy, x, w, (T*)nullptr, dw, db);
+  if (dw_implicit) {
     const Padded g = padded_geom(s);
     const std::vector<int64_t> rowoff = row_offsets(s, g);
     per_thread_sums(nt, s.N, wsize, s.K, dw, db, [&](int64_t n0, int64_t n1, T* dwp, T* dbp) {
@@ -781,23 +823,13 @@ void conv2d_backward_implicit(const ConvShape& s, const T* dy, const T* x, const
         if (dwp) pad_fill(s, g, x + n * s.C * s.H * s.W, xpad.data());
         dw_sample(s, g, rowoff.data(), xpad.data(), dy, n, dwp, dbp, bf);
       }
+      // then dx's blocks, in the same region: a thread done with its dw share starts on them
+      if (dx_flip) dxf.run();
     });
+  } else if (dx_flip) {
+#pragma omp parallel num_threads(nt)
+    dxf.run();
   }
-  if (!dx) return;
-  const int64_t G = s.groups, Cg = s.C / G, Kg = s.K / G, RS = s.R * s.S;
-  // The flipped convolution's gemm has Cg rows: with few, im2col's W^T @ dy (CRS rows) and
-  // col2im is the better shape (C1, one input channel: 2.5x faster).
-  if (Cg < 16) return conv2d_backward_im2col(s, dy, x, w, dx, (T*)nullptr, (T*)nullptr);
-  std::vector<T> wf((size_t)std::max<int64_t>(1, s.K * Cg * RS));
-  for (int64_t gi = 0; gi < G; ++gi)
-    for (int64_t k = 0; k < Kg; ++k)
-      for (int64_t c = 0; c < Cg; ++c)
-        for (int64_t u = 0; u < RS; ++u)
-          wf[(size_t)(((gi * Cg + c) * Kg + k) * RS + RS - 1 - u)] = w[((gi * Kg + k) * Cg + c) * RS + u];
-  ConvShape t = s;
-  t.C = s.K, t.H = s.P, t.W = s.Q, t.K = s.C, t.P = s.H, t.Q = s.W;
-  t.pad_h = (s.R - 1) * s.dil_h - s.pad_h, t.pad_w = (s.S - 1) * s.dil_w - s.pad_w;
-  conv2d_forward_implicit(t, dy, wf.data(), (const T*)nullptr, dx);
 }
 
 // ---- depthwise --------------------------------------------------------------------------------
