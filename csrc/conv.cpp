@@ -9,7 +9,12 @@
 //             Backward, per sample and chunk: dw_g += dy_g @ col^T (gemm, accumulate) and
 //             dcol = W_g^T @ dy_g (gemm) scattered back by col2im. 1x1 / stride 1 / no padding
 //             convolutions use the input itself as the column matrix.
-//             Chosen for every ordinary convolution; its speed is gemm's speed.
+//             The fallback of implicit (strides > 1, small batches); its speed is gemm's.
+//   implicit  stride 1 (the default): im2col's GEMM without the column matrix. gemm's B panels
+//             are packed straight from a zero-padded copy of the sample, the filters once per
+//             call; the micro-kernels run on both (gemm_packed_panels). dx is the forward
+//             convolution of dy with the flipped, transposed filters (no col2im scatter);
+//             dw = dy @ col^T with col^T's panels built from the padded sample too.
 //   depthwise groups == C and K == C*m: a direct kernel vectorized along the output width,
 //             reading a zero-padded, stride-deinterleaved copy of each input plane so that
 //             every tap is one unaligned vector load. Backward: dw and db as vector dot
@@ -160,10 +165,12 @@ int64_t chunk_cols(int64_t CRS) {
 
 // Splits PQ output positions into near-equal chunks of at most about cols, in multiples of 48
 // (whole register tiles of gemm's micro-kernels) where the chunks are long enough.
-inline int64_t chunk_len(int64_t PQ, int64_t cols) {
+// unit: the multiple for implicit's panels (0: im2col's rule above).
+inline int64_t chunk_len(int64_t PQ, int64_t cols, int64_t unit = 0) {
   const int64_t nch = (PQ + cols - 1) / cols;
   int64_t len = (PQ + nch - 1) / nch;
-  if (nch > 1 && len >= 96) len = (len + 47) / 48 * 48;
+  if (nch > 1 && unit > 0) len = (len + unit - 1) / unit * unit;
+  else if (nch > 1 && len >= 96) len = (len + 47) / 48 * 48;
   return std::max<int64_t>(1, len);
 }
 
@@ -174,14 +181,15 @@ struct Block {
 };
 
 // Work list: whole-sample batches when P*Q is small, else chunks of each sample.
-void make_blocks(int64_t n_begin, int64_t n_end, int64_t PQ, int64_t cols, std::vector<Block>& out) {
+void make_blocks(int64_t n_begin, int64_t n_end, int64_t PQ, int64_t cols, std::vector<Block>& out,
+                 int64_t unit = 0) {
   out.clear();
   if (PQ * 2 <= cols) {
     const int64_t nb = std::max<int64_t>(1, cols / PQ);
     for (int64_t n = n_begin; n < n_end; n += nb)
       out.push_back({n, std::min(nb, n_end - n), 0, PQ});
   } else {
-    const int64_t clen = chunk_len(PQ, cols);
+    const int64_t clen = chunk_len(PQ, cols, unit);
     for (int64_t n = n_begin; n < n_end; ++n)
       for (int64_t j = 0; j < PQ; j += clen) out.push_back({n, 1, j, std::min(PQ, j + clen)});
   }
@@ -338,6 +346,37 @@ void bwd_sample(const ConvShape& s, const T* dy, const T* x, const T* w, T* dx, 
   }
 }
 
+// Samples split over nt threads, body(n0, n1, dwp, dbp) adding its samples' dw and db into
+// zeroed per-thread partial sums (null where not wanted), reduced in thread order afterwards:
+// bitwise repeatable at a fixed thread count.
+template <typename T, typename Body>
+void per_thread_sums(int nt, int64_t N, int64_t wsize, int64_t K, T* dw, T* db, const Body& body) {
+  const int64_t part = (dw ? wsize : 0) + (db ? K : 0);
+  std::vector<T> partials((size_t)(part * nt), T(0));
+#pragma omp parallel num_threads(nt)
+  {
+    const int t = thread_id();
+    T* mine = partials.data() + part * t;
+    int64_t n0, n1;
+    split(N, nt, t, n0, n1);
+    body(n0, n1, dw ? mine : nullptr, db ? mine + (dw ? wsize : 0) : nullptr);
+#pragma omp barrier
+    int64_t b0, e0;
+    split(part, nt, t, b0, e0);
+    for (int64_t i = b0; i < e0; ++i) {
+      T acc = partials[(size_t)i];
+      for (int u = 1; u < nt; ++u) acc += partials[(size_t)(part * u + i)];
+      if (dw && i < wsize) dw[i] = acc;
+      else db[i - (dw ? wsize : 0)] = acc;
+    }
+  }
+}
+
+// Enough samples for every thread to get a fair share of whole ones.
+inline bool split_samples(int nt, int64_t N) {
+  return nt > 1 && (N % nt == 0 || N >= 4 * nt);
+}
+
 }  // namespace
 
 template <typename T>
@@ -355,36 +394,441 @@ void conv2d_backward_im2col(const ConvShape& s, const T* dy, const T* x, const T
   if (PQ == 0 || s.K == 0) return;
   if (!dx && !dw && !db) return;
   const int nt = num_threads_for(s.N);
-  const bool per_thread = nt > 1 && (s.N % nt == 0 || s.N >= 4 * nt);
-  if (!per_thread) {
+  if (!split_samples(nt, s.N)) {
     std::vector<T> colbuf, dcolbuf;
     for (int64_t n = 0; n < s.N; ++n)
       bwd_sample(s, dy, x, w, dx, dw, db, n, colbuf, dcolbuf, !in_parallel());
     return;
   }
-  // Per-thread partial sums of dw and db, reduced in thread order.
-  const int64_t part = (dw ? wsize : 0) + (db ? s.K : 0);
-  std::vector<T> partials((size_t)(part * nt), T(0));
-#pragma omp parallel num_threads(nt)
-  {
-    const int t = thread_id();
-    T* mine = partials.data() + part * t;
-    T* dwp = dw ? mine : nullptr;
-    T* dbp = db ? mine + (dw ? wsize : 0) : nullptr;
+  per_thread_sums(nt, s.N, wsize, s.K, dw, db, [&](int64_t n0, int64_t n1, T* dwp, T* dbp) {
     std::vector<T> colbuf, dcolbuf;
-    int64_t nb0, ne;
-    split(s.N, nt, t, nb0, ne);
-    for (int64_t n = nb0; n < ne; ++n)
+    for (int64_t n = n0; n < n1; ++n)
       bwd_sample(s, dy, x, w, dx, dwp, dbp, n, colbuf, dcolbuf, false);
-#pragma omp barrier
-    int64_t b0, e0;
-    split(part, nt, t, b0, e0);
-    for (int64_t i = b0; i < e0; ++i) {
-      T acc = partials[(size_t)i];
-      for (int u = 1; u < nt; ++u) acc += partials[(size_t)(part * u + i)];
-      if (dw && i < wsize) dw[i] = acc;
-      else db[i - (dw ? wsize : 0)] = acc;
+  });
+}
+
+// ---- implicit GEMM (stride 1) ----------------------------------------------------------------
+//
+// With stride 1 the column matrix need not be materialised: in a zero-padded copy xp of the
+// input (planes of Hp x Wp, input pixel (ih, iw) at (ih + pad_h, iw + pad_w)),
+//   col[(c, r, s), (p, q)] = xp[c*Hp*Wp + r*dh*Wp + s*dw  +  p*Wp + q],
+// a row offset (per tap) plus a column offset (per output position). So gemm's B panels (NR
+// columns of all CRS rows) are packed straight from xp, and the filters once per call
+// (gemm_pack_a): what is left per block is the micro-kernels. Every row of a panel copies the
+// same lane pattern from a new base, so the pattern is worked out once per panel: a vector of
+// one contiguous run is one load, of two runs (an output row ends inside it) two masked loads,
+// anything else goes lane by lane.
+
+namespace {
+
+struct Padded {
+  int64_t Hp, Wp, plane, sample;  // plane = Hp*Wp, sample = C*plane
+};
+
+Padded padded_geom(const ConvShape& s) {
+  Padded g;
+  g.Hp = (s.P - 1) + (s.R - 1) * s.dil_h + 1;
+  g.Wp = (s.Q - 1) + (s.S - 1) * s.dil_w + 1;
+  g.plane = g.Hp * g.Wp;
+  g.sample = s.C * g.plane;
+  return g;
+}
+
+// Offset in the padded planes of col's row (c, r, s), c within a group.
+std::vector<int64_t> row_offsets(const ConvShape& s, const Padded& g) {
+  std::vector<int64_t> off((size_t)(s.C / s.groups * s.R * s.S));
+  for (int64_t c = 0; c < s.C / s.groups; ++c)
+    for (int64_t r = 0; r < s.R; ++r)
+      for (int64_t sx = 0; sx < s.S; ++sx)
+        off[(size_t)((c * s.R + r) * s.S + sx)] = c * g.plane + r * s.dil_h * g.Wp + sx * s.dil_w;
+  return off;
+}
+
+// The padded copy of one sample's C planes (input pixels that no tap reads are dropped, so
+// a negative padding works too: the transposed convolution of the dx pass can have one).
+template <typename T>
+void pad_fill(const ConvShape& s, const Padded& g, const T* xs, T* dst) {
+  const int64_t iw_lo = std::max<int64_t>(0, -s.pad_w);
+  const int64_t iw_hi = std::min<int64_t>(s.W, g.Wp - s.pad_w);
+  for (int64_t c = 0; c < s.C; ++c)
+    for (int64_t i = 0; i < g.Hp; ++i) {
+      T* row = dst + c * g.plane + i * g.Wp;
+      const int64_t ih = i - s.pad_h;
+      if (ih < 0 || ih >= s.H || iw_lo >= iw_hi) {
+        std::memset(row, 0, sizeof(T) * g.Wp);
+        continue;
+      }
+      const int64_t a = iw_lo + s.pad_w, e = iw_hi + s.pad_w;
+      std::memset(row, 0, sizeof(T) * a);
+      std::memcpy(row + a, xs + (c * s.H + ih) * s.W + iw_lo, sizeof(T) * (e - a));
+      std::memset(row + e, 0, sizeof(T) * (g.Wp - e));
     }
+}
+
+// Where the lanes of one vector of a packed B row come from, relative to the row's base:
+// RUN: lane t reads a + t (all lanes); TWO: lanes t < split read a + t, lanes split <= t < n
+// read b + t, the rest are zero; LANES: lane t reads idx[t], or is zero where idx[t] < 0.
+template <typename T>
+struct LaneSrc {
+  enum Kind { RUN, TWO, LANES } kind;
+  int64_t a, b;
+  int split, n;
+  int64_t idx[simd<T>::width];
+};
+
+template <typename T>
+LaneSrc<T> lane_src(const int64_t* src, int n) {
+  constexpr int W = simd<T>::width;
+  LaneSrc<T> l{};
+  for (int t = 0; t < W; ++t) l.idx[t] = t < n ? src[t] : -1;
+  int split = 1;
+  while (split < n && src[split] == src[0] + split) ++split;
+  int end = split;
+  while (end < n && src[end] == src[split] + (end - split)) ++end;
+  l.a = src[0];
+  l.split = split;
+  l.n = n;
+  if (split == W) {
+    l.kind = LaneSrc<T>::RUN;
+  } else if (end == n) {
+    l.kind = LaneSrc<T>::TWO;
+    l.b = split < n ? src[split] - split : 0;
+  } else {
+    l.kind = LaneSrc<T>::LANES;
+  }
+  return l;
+}
+
+// Lanes t in [lo, hi) of base + off + t, the others zero; masked loads never touch the others.
+template <typename T>
+inline vec<T> load_lanes(const T* base, int64_t off, int lo, int hi) {
+#if defined(__AVX512F__)
+  const unsigned m = ((1u << hi) - 1) & ~((1u << lo) - 1);  // hi <= 16
+  if constexpr (sizeof(T) == 4) return (vec<T>)_mm512_maskz_loadu_ps((__mmask16)m, base + off);
+  else return (vec<T>)_mm512_maskz_loadu_pd((__mmask8)m, base + off);
+#else
+  vec<T> v = vbroadcast(T(0));
+  for (int t = lo; t < hi; ++t) v[t] = base[off + t];
+  return v;
+#endif
+}
+
+template <typename T>
+inline vec<T> vor(vec<T> x, vec<T> y) {  // bitwise: lanes zero in one keep the other's bits
+  return (vec<T>)((ivec<T>)x | (ivec<T>)y);
+}
+
+// One vector of an unfolded row at base, the columns of l (whose kind is KIND).
+template <typename T, int KIND>
+inline vec<T> load_row(const T* base, const LaneSrc<T>& l) {
+  if constexpr (KIND == LaneSrc<T>::RUN) {
+    return vload(base + l.a);
+  } else if constexpr (KIND == LaneSrc<T>::TWO) {
+    return vor<T>(load_lanes(base, l.a, 0, l.split), load_lanes(base, l.b, l.split, l.n));
+  } else {
+    vec<T> v = vbroadcast(T(0));
+    for (int t = 0; t < simd<T>::width; ++t)
+      if (l.idx[t] >= 0) v[t] = base[l.idx[t]];
+    return v;
+  }
+}
+
+// The lane patterns of columns src[0..n), one per vector (the last one possibly partial).
+template <typename T>
+void lane_srcs(const int64_t* src, int64_t n, std::vector<LaneSrc<T>>& out) {
+  constexpr int W = simd<T>::width;
+  out.clear();
+  for (int64_t j = 0; j < n; j += W) out.push_back(lane_src<T>(src + j, (int)std::min<int64_t>(W, n - j)));
+}
+
+// Rows k < K of the unfolded matrix, row k at xg + rowoff[k] with the columns of `lanes`,
+// into dst[k * w + column] (w = lanes.size() * width).
+template <typename T>
+void pack_rows(const T* xg, const int64_t* rowoff, int64_t K, const LaneSrc<T>* lanes, int64_t nvec,
+               T* dst) {
+  constexpr int W = simd<T>::width;
+  const int64_t w = nvec * W;
+  for (int64_t v = 0; v < nvec; ++v) {
+    const LaneSrc<T>& l = lanes[v];
+    T* d = dst + v * W;
+    if (l.kind == LaneSrc<T>::RUN)
+      for (int64_t k = 0; k < K; ++k) vstore(d + k * w, load_row<T, LaneSrc<T>::RUN>(xg + rowoff[k], l));
+    else if (l.kind == LaneSrc<T>::TWO)
+      for (int64_t k = 0; k < K; ++k) vstore(d + k * w, load_row<T, LaneSrc<T>::TWO>(xg + rowoff[k], l));
+    else
+      for (int64_t k = 0; k < K; ++k) vstore(d + k * w, load_row<T, LaneSrc<T>::LANES>(xg + rowoff[k], l));
+  }
+}
+
+// The transpose of pack_rows, for dw's B panel: dst[j * w + k] = row k's column j, for the
+// nr rows at xg + rowoff[k] (w = nr rounded up to the vector width, the padding zero) and the
+// columns of one lane pattern l (nj of them, at dst's rows). W rows at a time are loaded and
+// transposed in registers.
+template <typename T, int KIND>
+void pack_rows_t_group(const T* xg, const int64_t* rowoff, int64_t nr, const LaneSrc<T>& l,
+                       int64_t nj, int64_t w, T* dst) {
+  constexpr int W = simd<T>::width;
+  for (int64_t k0 = 0; k0 < w; k0 += W) {
+    vec<T> r[W];
+    if (k0 + W <= nr) {
+#pragma GCC unroll 16
+      for (int t = 0; t < W; ++t) r[t] = load_row<T, KIND>(xg + rowoff[k0 + t], l);
+    } else {
+      for (int t = 0; t < W; ++t)
+        r[t] = k0 + t < nr ? load_row<T, KIND>(xg + rowoff[k0 + t], l) : vbroadcast(T(0));
+    }
+    transpose<T>(r);
+    for (int64_t u = 0; u < nj; ++u) vstore(dst + u * w + k0, r[u]);
+  }
+}
+
+template <typename T>
+void pack_rows_t(const T* xg, const int64_t* rowoff, int64_t nr, const LaneSrc<T>* lanes,
+                 int64_t len, T* dst) {
+  constexpr int W = simd<T>::width;
+  const int64_t w = (nr + W - 1) / W * W;
+  for (int64_t j0 = 0; j0 < len; j0 += W) {
+    const LaneSrc<T>& l = lanes[j0 / W];
+    const int64_t nj = std::min<int64_t>(W, len - j0);
+    T* d = dst + j0 * w;
+    if (l.kind == LaneSrc<T>::RUN) pack_rows_t_group<T, LaneSrc<T>::RUN>(xg, rowoff, nr, l, nj, w, d);
+    else if (l.kind == LaneSrc<T>::TWO) pack_rows_t_group<T, LaneSrc<T>::TWO>(xg, rowoff, nr, l, nj, w, d);
+    else pack_rows_t_group<T, LaneSrc<T>::LANES>(xg, rowoff, nr, l, nj, w, d);
+  }
+}
+
+// Columns per block: the packed panels (CRS x cols) stay in L2 beside the padded sample
+// (budgets from 192 to 512 KiB measured within 2% of each other on C2, C3, C5).
+// Whole panels only, so that a sample's one partial panel is its last.
+template <typename T>
+int64_t implicit_cols(int64_t CRS) {
+  const int64_t NR = gemm_panel_width<T>();
+  const int64_t budget = 256 * 1024 / (int64_t)sizeof(T);
+  const int64_t cols = std::max<int64_t>(NR, std::min<int64_t>(4096, budget / std::max<int64_t>(CRS, 1)));
+  return (cols + NR / 2) / NR * NR;
+}
+
+template <typename T>
+void implicit_block(const ConvShape& s, const Padded& g, const int64_t* rowoff, const T* pa,
+                    const T* xpad, const T* b, T* y, const Block& blk, std::vector<int64_t>& src,
+                    std::vector<LaneSrc<T>>& lanes, std::vector<T>& panels, std::vector<T>& outbuf) {
+  const int64_t NR = gemm_panel_width<T>();
+  const int64_t G = s.groups, Cg = s.C / G, Kg = s.K / G, PQ = s.P * s.Q;
+  const int64_t CRS = Cg * s.R * s.S;
+  const int64_t len = blk.nb > 1 ? blk.nb * PQ : blk.j1 - blk.j0;
+  const int64_t asz = gemm_packed_a_size<T>(Kg, CRS);
+  // column offsets in xpad (samples n0.. of the block laid one after the other)
+  int64_t* so = grow<int64_t>(src, len);
+  for (int64_t jb = 0; jb < len; ++jb) {
+    const int64_t i = blk.nb > 1 ? jb / PQ : 0, pos = blk.nb > 1 ? jb % PQ : blk.j0 + jb;
+    so[jb] = i * g.sample + (pos / s.Q) * g.Wp + pos % s.Q;
+  }
+  T* pan = grow<T>(panels, CRS * ((len + NR - 1) / NR * NR));
+  T* out = blk.nb > 1 ? grow<T>(outbuf, len * Kg) : nullptr;
+  for (int64_t gi = 0; gi < G; ++gi) {
+    const T* xg = xpad + gi * Cg * g.plane;
+    for (int64_t j = 0; j < len; j += NR) {
+      const int64_t nr = std::min<int64_t>(NR, len - j);
+      lane_srcs<T>(so + j, nr, lanes);
+      pack_rows<T>(xg, rowoff, CRS, lanes.data(), (int64_t)lanes.size(), pan + j * CRS);
+    }
+    if (blk.nb == 1) {
+      T* yg = y + ((blk.n0 * s.K + gi * Kg) * PQ + blk.j0);
+      gemm_packed_panels<T>(Kg, len, CRS, pa + gi * asz, pan, yg, PQ, false);
+      if (b)
+        for (int64_t k = 0; k < Kg; ++k) {
+          const T bk = b[gi * Kg + k];
+          T* yr = yg + k * PQ;
+          for (int64_t u = 0; u < len; ++u) yr[u] += bk;
+        }
+    } else {
+      gemm_packed_panels<T>(Kg, len, CRS, pa + gi * asz, pan, out, len, false);
+      for (int64_t i = 0; i < blk.nb; ++i)
+        for (int64_t k = 0; k < Kg; ++k) {
+          const T bk = b ? b[gi * Kg + k] : T(0);
+          T* yr = y + ((blk.n0 + i) * s.K + gi * Kg + k) * PQ;
+          const T* o = out + (k * len + i * PQ);
+          for (int64_t u = 0; u < PQ; ++u) yr[u] = o[u] + bk;
+        }
+    }
+  }
+}
+
+// dw and db of one sample, per chunk of J output positions and group:
+//   dw_g[Kg, CRS] += dy_g[Kg, J] @ col[CRS, J]^T
+// dy_g's chunk packed once as gemm's A; then, for each NR-wide slice of col's rows, the col^T
+// panel (J x NR) built from the padded sample by pack_rows_t.
+template <typename T>
+struct DwBufs {
+  std::vector<int64_t> src;
+  std::vector<LaneSrc<T>> lanes;
+  std::vector<T> pa, panel;
+};
+
+template <typename T>
+void dw_sample(const ConvShape& s, const Padded& g, const int64_t* rowoff, const T* xpad,
+               const T* dy, int64_t n, T* dwp, T* dbp, DwBufs<T>& bf) {
+  const int64_t NR = gemm_panel_width<T>();
+  const int64_t G = s.groups, Cg = s.C / G, Kg = s.K / G, PQ = s.P * s.Q;
+  const int64_t CRS = Cg * s.R * s.S;
+  // chunks: dy's packed chunk (Kg x J) about 256 KiB, so that it and a panel stay in L2
+  const int64_t jmax = std::max<int64_t>(NR, 256 * 1024 / (int64_t)sizeof(T) / std::max<int64_t>(Kg, 1));
+  const int64_t nch = (PQ + jmax - 1) / jmax, J = (PQ + nch - 1) / nch;
+  T* panel = grow<T>(bf.panel, J * NR);
+  T* pa = grow<T>(bf.pa, gemm_packed_a_size<T>(Kg, J));
+  int64_t* so = grow<int64_t>(bf.src, J);
+  for (int64_t gi = 0; gi < G; ++gi) {
+    const T* dyg = dy + (n * s.K + gi * Kg) * PQ;
+    if (dbp)
+      for (int64_t k = 0; k < Kg; ++k) {
+        const T* d = dyg + k * PQ;
+        T acc = 0;
+#pragma omp simd reduction(+ : acc)
+        for (int64_t i = 0; i < PQ; ++i) acc += d[i];
+        dbp[gi * Kg + k] += acc;
+      }
+  }
+  if (!dwp) return;
+  for (int64_t j0 = 0; j0 < PQ; j0 += J) {
+    const int64_t len = std::min(J, PQ - j0);
+    for (int64_t jj = 0; jj < len; ++jj) so[jj] = ((j0 + jj) / s.Q) * g.Wp + (j0 + jj) % s.Q;
+    lane_srcs<T>(so, len, bf.lanes);
+    for (int64_t gi = 0; gi < G; ++gi) {
+      gemm_pack_a<T>(Kg, len, dy + (n * s.K + gi * Kg) * PQ + j0, PQ, 1, pa);
+      const T* xg = xpad + gi * Cg * g.plane;
+      for (int64_t c0 = 0; c0 < CRS; c0 += NR) {
+        const int64_t nr = std::min<int64_t>(NR, CRS - c0);
+        pack_rows_t<T>(xg, rowoff + c0, nr, bf.lanes.data(), len, panel);
+        gemm_packed_panels<T>(Kg, nr, len, pa, panel, dwp + gi * Kg * CRS + c0, CRS, true);
+      }
+    }
+  }
+}
+
+// The implicit forward, set up by the calling thread and run by a team of threads, so that
+// the backward can run dx's blocks in the same parallel region as dw.
+template <typename T>
+struct ImplicitForward {
+  ConvShape s;
+  Padded g;
+  const T *x, *b;
+  T* y;
+  std::vector<int64_t> rowoff, units;  // units: first block of each, then the block count
+  std::vector<T> pa;                    // the filters, packed per group
+  std::vector<Block> blocks;
+
+  // False where implicit does not apply (the caller falls back to im2col): strides, an empty
+  // reduction, or too few blocks for nt threads (a small batch; im2col's gemm splits each
+  // product over the threads instead).
+  bool setup(const ConvShape& shape, const T* x_, const T* w, const T* b_, T* y_, int nt) {
+    s = shape, x = x_, b = b_, y = y_;
+    const int64_t G = s.groups, Cg = s.C / G, Kg = s.K / G, PQ = s.P * s.Q;
+    const int64_t CRS = Cg * s.R * s.S;
+    if (s.stride_h != 1 || s.stride_w != 1 || CRS == 0) return false;
+    make_blocks(0, s.N, PQ, implicit_cols<T>(CRS), blocks, gemm_panel_width<T>());
+    const int64_t nblk = (int64_t)blocks.size();
+    if (nt > 1 && nblk < 2 * nt) return false;
+    g = padded_geom(s);
+    rowoff = row_offsets(s, g);
+    const int64_t asz = gemm_packed_a_size<T>(Kg, CRS);
+    pa.resize((size_t)(G * asz));
+    for (int64_t gi = 0; gi < G; ++gi) gemm_pack_a<T>(Kg, CRS, w + gi * Kg * CRS, CRS, 1, pa.data() + gi * asz);
+    // Units handed out dynamically (a thread slowed by other load takes fewer; which thread
+    // computes a block changes nothing in it): a sample's blocks together, so that it is
+    // padded once, when there are samples enough to balance the threads; else single blocks.
+    const bool by_sample = s.N >= 4 * nt;
+    units.clear();
+    for (int64_t i = 0; i < nblk; ++i)
+      if (!by_sample || i == 0 || blocks[(size_t)i].n0 != blocks[(size_t)i - 1].n0) units.push_back(i);
+    units.push_back(nblk);
+    return true;
+  }
+
+  // Called by every thread of the team (no barrier at the end).
+  void run() const {
+    std::vector<T> xpad, panels, outbuf;
+    std::vector<int64_t> src;
+    std::vector<LaneSrc<T>> lanes;
+    int64_t loaded = -1;
+    const int64_t nunits = (int64_t)units.size() - 1;
+#pragma omp for schedule(dynamic, 1) nowait
+    for (int64_t u = 0; u < nunits; ++u)
+      for (int64_t i = units[(size_t)u]; i < units[(size_t)u + 1]; ++i) {
+        const Block& blk = blocks[(size_t)i];
+        if (blk.n0 != loaded || blk.nb > 1) {  // pad the block's samples (once per sample)
+          T* xp = grow<T>(xpad, blk.nb * g.sample);
+          for (int64_t v = 0; v < blk.nb; ++v)
+            pad_fill(s, g, x + (blk.n0 + v) * s.C * s.H * s.W, xp + v * g.sample);
+          loaded = blk.nb > 1 ? -1 : blk.n0;
+        }
+        implicit_block(s, g, rowoff.data(), pa.data(), xpad.data(), b, y, blk, src, lanes, panels,
+                       outbuf);
+      }
+  }
+};
+
+}  // namespace
+
+template <typename T>
+void conv2d_forward_implicit(const ConvShape& s, const T* x, const T* w, const T* b, T* y) {
+  if (s.N <= 0 || s.K <= 0 || s.P * s.Q <= 0) return;
+  const int nt = num_threads_for(s.N * s.P * s.Q);
+  ImplicitForward<T> f;
+  if (!f.setup(s, x, w, b, y, nt)) return conv2d_forward_im2col(s, x, w, b, y);
+#pragma omp parallel num_threads(nt)
+  f.run();
+}
+
+// dx of a stride-1 convolution is the forward convolution of dy with the flipped, transposed
+// filters w'[g*Cg + c, k, r, s] = w[g*Kg + k, c, R-1-r, S-1-s], padded by (R-1)*dh - pad_h on
+// top (likewise left) and with dx's size as its output: a gather, no col2im scatter (when
+// there are input channels enough for its gemm). dw and db by dw_sample, samples split over
+// the threads as in the im2col backward (which takes over when there are too few samples for
+// that); dx's blocks follow in the same parallel region.
+template <typename T>
+void conv2d_backward_implicit(const ConvShape& s, const T* dy, const T* x, const T* w, T* dx, T* dw,
+                              T* db) {
+  if (s.stride_h != 1 || s.stride_w != 1 || s.N <= 0)
+    return conv2d_backward_im2col(s, dy, x, w, dx, dw, db);
+  const int64_t G = s.groups, Cg = s.C / G, Kg = s.K / G, RS = s.R * s.S, PQ = s.P * s.Q;
+  const int64_t wsize = s.K * Cg * RS;
+  const int nt = num_threads_for(s.N);
+  // dx: the flipped convolution, whose gemm has Cg rows; with few, im2col's W^T @ dy (CRS rows)
+  // and col2im is the better shape (C1, one input channel: 2.5x faster).
+  ImplicitForward<T> dxf;
+  std::vector<T> wf;
+  bool dx_flip = false;
+  if (dx && Cg >= 16) {
+    wf.resize((size_t)wsize);
+    for (int64_t gi = 0; gi < G; ++gi)
+      for (int64_t k = 0; k < Kg; ++k)
+        for (int64_t c = 0; c < Cg; ++c)
+          for (int64_t u = 0; u < RS; ++u)
+            wf[(size_t)(((gi * Cg + c) * Kg + k) * RS + RS - 1 - u)] = w[((gi * Kg + k) * Cg + c) * RS + u];
+    ConvShape t = s;
+    t.C = s.K, t.H = s.P, t.W = s.Q, t.K = s.C, t.P = s.H, t.Q = s.W;
+    t.pad_h = (s.R - 1) * s.dil_h - s.pad_h, t.pad_w = (s.S - 1) * s.dil_w - s.pad_w;
+    dx_flip = dxf.setup(t, dy, wf.data(), (const T*)nullptr, dx, nt);
+  }
+  if (dx && !dx_flip) conv2d_backward_im2col(s, dy, x, w, dx, (T*)nullptr, (T*)nullptr);
+  const bool dw_implicit = (dw || db) && PQ > 0 && wsize > 0 && (nt == 1 || split_samples(nt, s.N));
+  if ((dw || db) && !dw_implicit) conv2d_backward_im2col(s, dy, x, w, (T*)nullptr, dw, db);
+  if (dw_implicit) {
+    const Padded g = padded_geom(s);
+    const std::vector<int64_t> rowoff = row_offsets(s, g);
+    per_thread_sums(nt, s.N, wsize, s.K, dw, db, [&](int64_t n0, int64_t n1, T* dwp, T* dbp) {
+      DwBufs<T> bf;
+      std::vector<T> xpad(dwp ? (size_t)g.sample : 0);
+      for (int64_t n = n0; n < n1; ++n) {
+        if (dwp) pad_fill(s, g, x + n * s.C * s.H * s.W, xpad.data());
+        dw_sample(s, g, rowoff.data(), xpad.data(), dy, n, dwp, dbp, bf);
+      }
+      // then dx's blocks, in the same region: a thread done with its dw share starts on them
+      if (dx_flip) dxf.run();
+    });
+  } else if (dx_flip) {
+#pragma omp parallel num_threads(nt)
+    dxf.run();
   }
 }
 
@@ -778,6 +1222,9 @@ void conv2d_backward_depthwise(const ConvShape& s, const T* dy, const T* x, cons
   template void conv2d_forward_im2col<T>(const ConvShape&, const T*, const T*, const T*, T*);     \
   template void conv2d_backward_im2col<T>(const ConvShape&, const T*, const T*, const T*, T*, T*, \
                                           T*);                                                    \
+  template void conv2d_forward_implicit<T>(const ConvShape&, const T*, const T*, const T*, T*);   \
+  template void conv2d_backward_implicit<T>(const ConvShape&, const T*, const T*, const T*, T*,   \
+                                            T*, T*);                                              \
   template void conv2d_forward_depthwise<T>(const ConvShape&, const T*, const T*, const T*, T*);  \
   template void conv2d_backward_depthwise<T>(const ConvShape&, const T*, const T*, const T*, T*,  \
                                              T*, T*);

@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #if defined(__SSE2__)
 #include <immintrin.h>
@@ -66,6 +67,43 @@ inline vec<T> vbroadcast(T x) {
   for (int i = 0; i < simd<T>::width; ++i) v[i] = x;
   return v;
 #endif
+}
+
+// In-register transpose of a W x W block (r[t][u] -> r[u][t]), for gemm's and conv's packing:
+// log2(W) stages, stage d swaps the off-diagonal d x d blocks of every 2d x 2d block with a
+// two-source shuffle.
+template <typename I>
+struct ivec_of {
+  typedef I type __attribute__((vector_size(VBYTES)));
+};
+template <typename T>
+using ivec = typename ivec_of<typename std::conditional<sizeof(T) == 4, int32_t, int64_t>::type>::type;
+
+template <typename T, int D>
+inline void transpose_stage(vec<T>* r) {
+  constexpr int W = simd<T>::width;
+  if constexpr (D < W) {
+    ivec<T> mlo, mhi;
+#pragma GCC unroll 16
+    for (int t = 0; t < W; ++t) {
+      const bool first = (t / D) % 2 == 0;
+      mlo[t] = first ? t : W + t - D;   // lo[t] = r[i][t]   or r[i+D][t-D]
+      mhi[t] = first ? t + D : W + t;   // hi[t] = r[i][t+D] or r[i+D][t]
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < W; ++i) {
+      if (i & D) continue;
+      const vec<T> a = r[i], b = r[i + D];
+      r[i] = __builtin_shuffle(a, b, mlo);
+      r[i + D] = __builtin_shuffle(a, b, mhi);
+    }
+    transpose_stage<T, 2 * D>(r);
+  }
+}
+
+template <typename T>
+inline void transpose(vec<T>* r) {
+  transpose_stage<T, 1>(r);
 }
 
 inline int max_threads() {

@@ -58,6 +58,22 @@ template <typename T>
 void gemm_prepacked_b(int64_t M, int64_t N, int64_t K, const T* A, int64_t rsa, int64_t csa,
                       const T* packed_b, T* C, int64_t ldc, bool accumulate, bool parallel);
 
+// Both operands packed by the caller (conv's implicit GEMM: filters packed once per call, the
+// columns packed straight from the input). Serial, on the calling thread; the same sequence
+// of operations per C element as gemm. gemm_pack_a packs all of A (gemm_packed_a_size
+// elements). The B panels: panel p holds columns [p*NR, min(N, p*NR + NR)), NR =
+// gemm_panel_width, at panels + p*NR*K as K rows of w elements, w = its width rounded up to
+// the vector width, the padding zero.
+template <typename T>
+int gemm_panel_width();
+template <typename T>
+int64_t gemm_packed_a_size(int64_t M, int64_t K);
+template <typename T>
+void gemm_pack_a(int64_t M, int64_t K, const T* A, int64_t rsa, int64_t csa, T* packed);
+template <typename T>
+void gemm_packed_panels(int64_t M, int64_t N, int64_t K, const T* packed_a, const T* panels,
+                        T* C, int64_t ldc, bool accumulate);
+
 // ---- conv.cpp ---------------------------------------------------------------------------
 // 2-D convolution, NCHW, cross-correlation as in torch. conv1d runs through it with H = 1.
 // x (N, C, H, W), w (K, C/groups, R, S), b (K) or null, y (N, K, P, Q).
@@ -71,6 +87,11 @@ void conv2d_forward_im2col(const ConvShape& s, const T* x, const T* w, const T* 
 template <typename T>
 void conv2d_backward_im2col(const ConvShape& s, const T* dy, const T* x, const T* w, T* dx, T* dw,
                             T* db);
+template <typename T>
+void conv2d_forward_implicit(const ConvShape& s, const T* x, const T* w, const T* b, T* y);
+template <typename T>
+void conv2d_backward_implicit(const ConvShape& s, const T* dy, const T* x, const T* w, T* dx,
+                              T* dw, T* db);
 template <typename T>
 void conv2d_forward_depthwise(const ConvShape& s, const T* x, const T* w, const T* b, T* y);
 template <typename T>

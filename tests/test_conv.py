@@ -165,3 +165,41 @@ def test_numba_pool_leaves_openmp_nesting_off():
         pytest.skip(f"numba runs the {numba.threading_layer()!r} layer here, which leaves libgomp alone")
     from numba.np.ufunc import omppool
     assert ctypes.CDLL(omppool.__file__).omp_get_max_active_levels() == 1
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "scalar"])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N,C,K,H,W,R,S,kw", [
+    (9, 3, 5, 37, 37, 3, 3, dict(padding=1)),  # several small samples per block
+    (2, 40, 12, 20, 21, 3, 3, dict(padding=1)),  # chunks of one sample, rows ending inside vectors
+    (3, 24, 8, 19, 6, 4, 2, dict(padding="same")),  # asymmetric padding, rows shorter than a vector
+    (2, 30, 10, 17, 23, 3, 3, dict(padding=(3, 0), dilation=(2, 3), groups=2)),  # dilation, padding > kernel, groups
+    (4, 32, 16, 1, 300, 1, 7, dict(padding=(0, 3))),  # conv1d-like
+])
+def test_implicit_gemm_paths_against_reference(isa, threads, dtype, N, C, K, H, W, R, S, kw):
+    """The implicit-GEMM variant on shapes that give it (not its im2col fallback) the work:
+    enough blocks for both threads, every lane pattern of the packed panels."""
+    if isa not in _cpp.supported_isas():
+        pytest.skip(f"this CPU has no {isa}")
+    rng = np.random.default_rng(4)
+    g = kw.get("groups", 1)
+    x = rng.standard_normal((N, C, H, W))
+    w = rng.standard_normal((K, C // g, R, S)) / np.sqrt(C // g * R * S)
+    b = rng.standard_normal(K)
+    with dk.backend("reference"):
+        y_ref, saved = dk.conv2d_forward(x, w, b, **kw)
+        dy = rng.standard_normal(y_ref.shape)
+        grads_ref = dk.conv2d_backward(dy, saved)
+    before = dk.get_num_threads()
+    try:
+        dk.set_num_threads(threads)
+        with _cpp.use_isa(isa), dk.backend("cpp", "implicit"):
+            y, saved = dk.conv2d_forward(x.astype(dtype), w.astype(dtype), b.astype(dtype), **kw)
+            grads = dk.conv2d_backward(dy.astype(dtype), saved)
+    finally:
+        dk.set_num_threads(before)
+    tol = 1e-9 if dtype == np.float64 else 1e-4
+    np.testing.assert_allclose(y, y_ref, rtol=tol, atol=tol)
+    for a, e in zip(grads, grads_ref):
+        np.testing.assert_allclose(a, e, rtol=tol, atol=tol * np.abs(e).max())

@@ -21,6 +21,8 @@ Variants (the ladder, each tested and benchmarked):
     numba/direct      the seven loops of the definition, compiled (numba.py)
     numba/im2col      unfold the input, then a matrix product (numba.py)
     cpp/im2col        unfold + the packed AVX-512/AVX2 GEMM of csrc/gemm.cpp (csrc/conv.cpp)
+    cpp/implicit      stride 1: the GEMM's panels packed straight from the padded input, the
+                      filters packed once; dx as a forward convolution of dy (csrc/conv.cpp)
     cpp/depthwise     direct, vectorized along the output row: for groups == C, where GEMM
                       is the wrong shape (csrc/conv.cpp)
 """
@@ -157,8 +159,10 @@ register("conv2d", "forward", "numba", "depthwise", numba.conv2d_forward_numba_d
 register("conv2d", "backward", "numba", "depthwise", numba.conv2d_backward_numba_depthwise,
          supports=lambda dy, x, w, p, needs: None if numba.one_channel(w, p) else "needs one input channel per group",
          prefer=lambda dy, x, w, p, needs: cpp.depthwise(w, p) or numba.one_channel(w, p))
-register("conv2d", "forward", "cpp", "im2col", cpp.forward("im2col"), default=True)
-register("conv2d", "backward", "cpp", "im2col", cpp.backward("im2col"), default=True)
+register("conv2d", "forward", "cpp", "im2col", cpp.forward("im2col"))
+register("conv2d", "backward", "cpp", "im2col", cpp.backward("im2col"))
+register("conv2d", "forward", "cpp", "implicit", cpp.forward("implicit"), default=True)
+register("conv2d", "backward", "cpp", "implicit", cpp.backward("implicit"), default=True)
 register("conv2d", "forward", "cpp", "depthwise", cpp.forward("depthwise"),
          supports=lambda x, w, b, p: None if cpp.depthwise(w, p) else "needs groups == input channels",
          prefer=lambda x, w, b, p: cpp.depthwise(w, p))
