@@ -199,54 +199,65 @@ inline bool running(const int64_t* lengths, int64_t t, int64_t b) {
   return lengths == nullptr || t < lengths[b];
 }
 
-// One time step's work on batch rows [b0, b1): fn(b0, b1, parallel_inside). With at least
-// ROWS_PER_THREAD rows per thread the batch is split across the threads and each runs its
-// rows' gemm and gate pass back to back, serially: one fork/join per step instead of one for
-// the gemm and one for the gates. Rows are independent and the gemm's result does not depend
-// on how M is split, so the result does not depend on the thread count.
-constexpr int64_t ROWS_PER_THREAD = 16;
+// ---- the threads of one call --------------------------------------------------------------
+// One OpenMP region runs the whole sequence. Thread r owns a slice of the hidden units (and of
+// the P outputs): it computes the recurrent product only for the gate columns of its units,
+// with its own packed slice of W_hh (which stays in its core's cache from step to step), runs
+// the gate pass on those units, and meets the others at one barrier per step, after which
+// every thread reads all of h (forward) or of dZ (backward). Splitting the columns rather than
+// the batch rows keeps every thread busy at B = 1 and halves the weights each core streams.
+// Each output element is computed by the same operations whatever the split: the result does
+// not depend on the thread count.
+struct Slice {
+  int64_t j0, j1;
+  int64_t size() const { return j1 - j0; }
+};
 
-template <typename F>
-inline void step_rows(int64_t B, F fn) {
-  const int64_t nt = in_parallel() ? 1 : std::min<int64_t>(max_threads(), B / ROWS_PER_THREAD);
-  if (nt <= 1) {
-    fn(int64_t(0), B, true);
-    return;
-  }
-#pragma omp parallel num_threads((int)nt)
-  {
-#ifdef _OPENMP
-    const int64_t n = omp_get_num_threads();
-#else
-    const int64_t n = 1;
-#endif
-    const int64_t r = thread_id();
-    const int64_t b0 = B * r / n, b1 = B * (r + 1) / n;
-    fn(b0, b1, false);
-  }
+// Thread r's share of n elements out of nt, in whole vectors of W.
+inline Slice slice_of(int64_t n, int64_t W, int r, int nt) {
+  const int64_t nv = (n + W - 1) / W;
+  return {std::min<int64_t>(n, nv * r / nt * W), std::min<int64_t>(n, nv * (r + 1) / nt * W)};
 }
 
-// ---- forward: one step's elementwise work, row b --------------------------------------------
-// z (4H) holds x W_ihᵀ + h W_hhᵀ; activates it in place (+ bias); c (H) is c_{t-1} in and c_t
-// out when running; m (H) gets o * tanh(c_t).
+// Threads for a sequence whose every step multiplies B x K by K x N: one per slice of the
+// hidden units, and one in all when a step is too small to pay for a barrier.
+inline int threads_for_steps(int64_t B, int64_t K, int64_t N, int64_t H, int W) {
+  if (in_parallel() || B * K * N < (int64_t(1) << 14)) return 1;
+  return (int)std::min<int64_t>(max_threads(), (H + W - 1) / W);
+}
+
+inline int num_threads_here() {
+#ifdef _OPENMP
+  return omp_get_num_threads();
+#else
+  return 1;
+#endif
+}
+
+inline void barrier() {
+#pragma omp barrier
+}
+
+// ---- forward: one step's elementwise work, row b, hidden units [j0, j0 + n) -----------------
+// z: the gates array at unit j0 (gate q at z + q * H), holding x W_ihᵀ, replaced by the
+// activated gates; zr: the recurrent product h W_hhᵀ for the same units (gate q at zr + q * n);
+// bias (4H) at unit j0 or null; c: c_{t-1} in, c_t out when running; m gets o * tanh(c_t).
 template <typename T>
-void gates_forward_row(int64_t H, T* z, const T* bias, T* c, T* m, bool run) {
+void gates_forward(int64_t n, int64_t H, T* z, const T* zr, const T* bias, T* c, T* m, bool run) {
   constexpr int W = simd<T>::width;
-  for (int64_t j = 0; j < H; j += W) {
-    const int n = (int)std::min<int64_t>(W, H - j);
-    auto ld = [&](const T* p) { return n == W ? vload(p) : vload_n(p, n); };
+  for (int64_t j = 0; j < n; j += W) {
+    const int w = (int)std::min<int64_t>(W, n - j);
+    auto ld = [&](const T* p) { return w == W ? vload(p) : vload_n(p, w); };
     auto st = [&](T* p, vec<T> v) {
-      if (n == W) vstore(p, v);
-      else vstore_n(p, v, n);
+      if (w == W) vstore(p, v);
+      else vstore_n(p, v, w);
     };
-    vec<T> zi = ld(z + j), zf = ld(z + H + j), zg = ld(z + 2 * H + j), zo = ld(z + 3 * H + j);
-    if (bias) {
-      zi += ld(bias + j);
-      zf += ld(bias + H + j);
-      zg += ld(bias + 2 * H + j);
-      zo += ld(bias + 3 * H + j);
+    vec<T> zq[4];
+    for (int q = 0; q < 4; ++q) {
+      zq[q] = ld(z + q * H + j) + ld(zr + q * n + j);
+      if (bias) zq[q] += ld(bias + q * H + j);
     }
-    vec<T> i = vsigmoid<T>(zi), f = vsigmoid<T>(zf), g = vtanh<T>(zg), o = vsigmoid<T>(zo);
+    vec<T> i = vsigmoid<T>(zq[0]), f = vsigmoid<T>(zq[1]), g = vtanh<T>(zq[2]), o = vsigmoid<T>(zq[3]);
     vec<T> cn = f * ld(c + j) + i * g;
     st(z + j, i);
     st(z + H + j, f);
@@ -257,25 +268,26 @@ void gates_forward_row(int64_t H, T* z, const T* bias, T* c, T* m, bool run) {
   }
 }
 
-// ---- backward: one step's elementwise work, row b -----------------------------------------
-// gates (4H) activated; c_t, c_prev (H); dm (H) the gradient of m = o tanh(c_t); dc (H) the
-// gradient of c_t from later steps, replaced by that of c_{t-1}; dz (4H) out; m (H) out
-// (o tanh(c_t), for dW_hr) when non-null. A row that is not running gets dz = 0.
+// ---- backward: one step's elementwise work, row b, hidden units [j0, j0 + n) ----------------
+// gates: activated, at unit j0 (gate q at + q * H); ct, cprev, dm, dc at unit j0: dm the
+// gradient of m = o tanh(c_t), dc that of c_t from later steps, replaced by that of c_{t-1};
+// dz out (like gates); m out (o tanh(c_t), for dW_hr) when non-null. A row that is not
+// running gets dz = 0.
 template <typename T>
-void gates_backward_row(int64_t H, const T* gates, const T* ct, const T* cprev, const T* dm, T* dc,
-                        T* dz, T* m, bool run) {
+void gates_backward(int64_t n, int64_t H, const T* gates, const T* ct, const T* cprev, const T* dm,
+                    T* dc, T* dz, T* m, bool run) {
   constexpr int W = simd<T>::width;
   if (!run) {
-    std::memset(dz, 0, (size_t)(4 * H) * sizeof(T));
-    if (m) std::memset(m, 0, (size_t)H * sizeof(T));
+    for (int q = 0; q < 4; ++q) std::memset(dz + q * H, 0, (size_t)n * sizeof(T));
+    if (m) std::memset(m, 0, (size_t)n * sizeof(T));
     return;
   }
-  for (int64_t j = 0; j < H; j += W) {
-    const int n = (int)std::min<int64_t>(W, H - j);
-    auto ld = [&](const T* p) { return n == W ? vload(p) : vload_n(p, n); };
+  for (int64_t j = 0; j < n; j += W) {
+    const int w = (int)std::min<int64_t>(W, n - j);
+    auto ld = [&](const T* p) { return w == W ? vload(p) : vload_n(p, w); };
     auto st = [&](T* p, vec<T> v) {
-      if (n == W) vstore(p, v);
-      else vstore_n(p, v, n);
+      if (w == W) vstore(p, v);
+      else vstore_n(p, v, w);
     };
     vec<T> i = ld(gates + j), f = ld(gates + H + j), g = ld(gates + 2 * H + j),
            o = ld(gates + 3 * H + j);
@@ -291,51 +303,85 @@ void gates_backward_row(int64_t H, const T* gates, const T* ct, const T* cprev, 
   }
 }
 
+// The rows of W_hh for hidden units s of all four gates, gathered (4 |s| x P): the columns of
+// W_hhᵀ that one thread's recurrent product needs, gate q's at q * |s|.
+template <typename T>
+std::vector<T> gather_gate_rows(const T* w_hh, int64_t H, int64_t P, Slice s) {
+  std::vector<T> g((size_t)std::max<int64_t>(4 * s.size() * P, 1));
+  for (int q = 0; q < 4; ++q)
+    std::memcpy(g.data() + q * s.size() * P, w_hh + (q * H + s.j0) * P, (size_t)(s.size() * P) * sizeof(T));
+  return g;
+}
+
 }  // namespace
 
 template <typename T>
 void lstm_forward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const T* x, const T* h0,
                   const T* c0, const T* w_ih, const T* w_hh, const T* bias, const T* w_hr,
                   const int64_t* lengths, T* y, T* h_n, T* c_n, T* gates, T* cs) {
+  constexpr int W = simd<T>::width;
   const int64_t G = 4 * H;
   std::memcpy(h_n, h0, (size_t)(B * P) * sizeof(T));
   std::memcpy(c_n, c0, (size_t)(B * H) * sizeof(T));
   if (Tn <= 0 || B <= 0) return;
   // Z = X W_ihᵀ for every step at once, into the gates array
   gemm<T>(Tn * B, G, I, x, I, 1, w_ih, 1, I, gates, G, false, true);
-  // W_hhᵀ (P x 4H) and W_hrᵀ (H x P) packed once
-  const StepB<T> pk_hh(B, P, G, w_hh, 1, P);
   const bool proj = w_hr != nullptr;
-  const StepB<T> pk_hr(B, proj ? H : 0, proj ? P : 0, w_hr, 1, H);
-  Workspace<T> m(B * H), hp(proj ? B * P : 0);
+  // h_{t-1} and h_t (double-buffered: a thread writes its slice of h_t while another may
+  // still read h_{t-1}); m = o tanh(c) of all units, shared only with a projection
+  Workspace<T> hbuf(2 * B * P), mall(proj ? B * H : 0);
+  std::memcpy(hbuf.data(), h0, (size_t)(B * P) * sizeof(T));
+  const int nt = threads_for_steps(B, P, G, H, W);
 
-  for (int64_t t = 0; t < Tn; ++t) {
-    T* z = gates + t * B * G;
-    T* yt = y + t * B * P;
-    // without a projection m is h: write it straight into y_t
-    T* mt = proj ? m.data() : yt;
-    step_rows(B, [&](int64_t b0, int64_t b1, bool par) {
-      pk_hh.mul(b1 - b0, h_n + b0 * P, P, z + b0 * G, G, true, par);
-      for (int64_t b = b0; b < b1; ++b) {
-        gates_forward_row<T>(H, z + b * G, bias, c_n + b * H, mt + b * H, running(lengths, t, b));
-        std::memcpy(cs + (t * B + b) * H, c_n + b * H, (size_t)H * sizeof(T));
+#pragma omp parallel num_threads(nt)
+  {
+    const int n = num_threads_here(), r = thread_id();
+    const Slice s = slice_of(H, W, r, n);           // hidden units (c, gates)
+    const Slice ps = proj ? slice_of(P, W, r, n) : s;  // outputs (h, y)
+    const int64_t hs = s.size();
+    // W_hhᵀ restricted to this thread's gate columns (P x 4hs); W_hrᵀ to its outputs (H x ps)
+    const std::vector<T> wg = gather_gate_rows(w_hh, H, P, s);
+    const StepB<T> pk_hh(B, P, 4 * hs, wg.data(), 1, P);
+    const StepB<T> pk_hr(B, proj ? H : 0, proj ? ps.size() : 0, proj ? w_hr + ps.j0 * H : nullptr, 1, H);
+    Workspace<T> zr(B * 4 * hs), mown(proj ? 0 : B * hs), hp(proj ? B * ps.size() : 0);
+
+    for (int64_t t = 0; t < Tn; ++t) {
+      const T* hprev = hbuf.data() + (t % 2) * B * P;
+      T* hnext = hbuf.data() + ((t + 1) % 2) * B * P;
+      T* z = gates + t * B * G;
+      pk_hh.mul(B, hprev, P, zr.data(), 4 * hs, false, false);
+      // m for this thread's units: its own buffer, or the shared one the projection reads
+      T* m = proj ? mall.data() + s.j0 : mown.data();
+      const int64_t ldm = proj ? H : hs;
+      for (int64_t b = 0; b < B; ++b) {
+        gates_forward<T>(hs, H, z + b * G + s.j0, zr.data() + b * 4 * hs, bias ? bias + s.j0 : nullptr,
+                         c_n + b * H + s.j0, m + b * ldm, running(lengths, t, b));
+        std::memcpy(cs + (t * B + b) * H + s.j0, c_n + b * H + s.j0, (size_t)hs * sizeof(T));
       }
-    });
-    const T* hnew = mt;
-    if (proj) {
-      pk_hr.mul(B, m.data(), H, hp.data(), P, false);
-      hnew = hp.data();
-    }
-    for (int64_t b = 0; b < B; ++b) {
-      T* yb = yt + b * P;
-      if (running(lengths, t, b)) {
-        if (hnew != yt) std::memcpy(yb, hnew + b * P, (size_t)P * sizeof(T));
-        std::memcpy(h_n + b * P, yb, (size_t)P * sizeof(T));
-      } else {
-        std::memset(yb, 0, (size_t)P * sizeof(T));
+      const T* hnew = m;  // this thread's outputs, row stride ldh
+      int64_t ldh = ldm;
+      if (proj) {
+        barrier();  // the projection reads all of m
+        pk_hr.mul(B, mall.data(), H, hp.data(), ps.size(), false, false);
+        hnew = hp.data();
+        ldh = ps.size();
       }
+      for (int64_t b = 0; b < B; ++b) {
+        T* yb = y + (t * B + b) * P + ps.j0;
+        T* hb = hnext + b * P + ps.j0;
+        const size_t bytes = (size_t)ps.size() * sizeof(T);
+        if (running(lengths, t, b)) {
+          std::memcpy(yb, hnew + b * ldh, bytes);
+          std::memcpy(hb, hnew + b * ldh, bytes);
+        } else {
+          std::memset(yb, 0, bytes);
+          std::memcpy(hb, hprev + b * P + ps.j0, bytes);
+        }
+      }
+      barrier();  // h_t complete before any thread's next product reads it
     }
   }
+  std::memcpy(h_n, hbuf.data() + (Tn % 2) * B * P, (size_t)(B * P) * sizeof(T));
 }
 
 template <typename T>
@@ -344,47 +390,64 @@ void lstm_backward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const
                    const T* w_ih, const T* w_hh, const T* w_hr, const int64_t* lengths,
                    const T* gates, const T* cs, const T* y, T* dx, T* dh0, T* dc0, T* dw_ih,
                    T* dw_hh, T* db, T* dw_hr) {
+  constexpr int W = simd<T>::width;
   const int64_t G = 4 * H;
   const bool proj = w_hr != nullptr;
-  std::memcpy(dh0, dh_n, (size_t)(B * P) * sizeof(T));  // dh0/dc0 carry the gradient of the state
+  // dh0 / dc0 carry the gradient of the state from step to step, each thread its own slice
+  std::memcpy(dh0, dh_n, (size_t)(B * P) * sizeof(T));
   std::memcpy(dc0, dc_n, (size_t)(B * H) * sizeof(T));
   const int64_t TB = Tn * B;
   Workspace<T> dz(TB * G);
   // dh of every step (kept for dW_hr with a projection; one step's worth otherwise)
   Workspace<T> dht(proj ? TB * P : B * P);
-  Workspace<T> mall(proj ? TB * H : 0), dm(proj ? B * H : 0), dhp(B * P);
-  const StepB<T> pk_hh(B, TB > 0 ? G : 0, P, w_hh, P, 1);  // W_hh (4H x P), packed once
-  const StepB<T> pk_hr(B, proj && TB > 0 ? P : 0, H, w_hr, H, 1);  // W_hr (P x H)
+  Workspace<T> mall(proj ? TB * H : 0), dm(proj ? B * H : 0);
+  const int nt = TB > 0 ? threads_for_steps(B, G, P, H, W) : 1;
 
-  for (int64_t t = Tn - 1; t >= 0; --t) {
-    T* dzt = dz.data() + t * B * G;
-    T* dh = proj ? dht.data() + t * B * P : dht.data();
-    for (int64_t b = 0; b < B; ++b) {
-      const bool run = running(lengths, t, b);
-      for (int64_t k = 0; k < P; ++k)
-        dh[b * P + k] = run ? dy[(t * B + b) * P + k] + dh0[b * P + k] : T(0);
-    }
-    const T* dmt = dh;
-    if (proj) {
-      pk_hr.mul(B, dh, P, dm.data(), H, false);
-      dmt = dm.data();
-    }
-    const T* cprev = t > 0 ? cs + (t - 1) * B * H : c0;
-    T* mt = proj ? mall.data() + t * B * H : nullptr;
-    step_rows(B, [&](int64_t b0, int64_t b1, bool par) {
-      for (int64_t b = b0; b < b1; ++b)
-        gates_backward_row<T>(H, gates + (t * B + b) * G, cs + (t * B + b) * H, cprev + b * H,
-                              dmt + b * H, dc0 + b * H, dzt + b * G, mt ? mt + b * H : nullptr,
-                              running(lengths, t, b));
-      if (lengths == nullptr) {
-        pk_hh.mul(b1 - b0, dzt + b0 * G, G, dh0 + b0 * P, P, false, par);
-      } else {
-        pk_hh.mul(b1 - b0, dzt + b0 * G, G, dhp.data() + b0 * P, P, false, par);
-        for (int64_t b = b0; b < b1; ++b)
-          if (running(lengths, t, b))
-            std::memcpy(dh0 + b * P, dhp.data() + b * P, (size_t)P * sizeof(T));
+#pragma omp parallel num_threads(nt)
+  {
+    const int n = num_threads_here(), r = thread_id();
+    const Slice s = slice_of(H, W, r, n);              // hidden units (c, gates, dZ columns)
+    const Slice ps = proj ? slice_of(P, W, r, n) : s;  // outputs (h)
+    const int64_t hs = s.size();
+    // W_hh's columns for this thread's outputs (4H x ps); W_hr's for its units (P x hs)
+    const StepB<T> pk_hh(B, TB > 0 ? G : 0, ps.size(), w_hh + ps.j0, P, 1);
+    const StepB<T> pk_hr(B, proj && TB > 0 ? P : 0, hs, proj ? w_hr + s.j0 : nullptr, H, 1);
+    Workspace<T> dhp(lengths ? B * ps.size() : 0);
+
+    for (int64_t t = Tn - 1; t >= 0; --t) {
+      T* dzt = dz.data() + t * B * G;
+      T* dh = proj ? dht.data() + t * B * P : dht.data();
+      for (int64_t b = 0; b < B; ++b) {
+        const bool run = running(lengths, t, b);
+        for (int64_t k = ps.j0; k < ps.j1; ++k)
+          dh[b * P + k] = run ? dy[(t * B + b) * P + k] + dh0[b * P + k] : T(0);
       }
-    });
+      const T* dmt = dh;  // the gradient of m, row stride ldm
+      int64_t ldm = P;
+      if (proj) {
+        barrier();  // dM = dH W_hr reads all of dh
+        pk_hr.mul(B, dh, P, dm.data() + s.j0, H, false, false);
+        dmt = dm.data();
+        ldm = H;
+      }
+      const T* cprev = t > 0 ? cs + (t - 1) * B * H : c0;
+      for (int64_t b = 0; b < B; ++b) {
+        const int64_t o = (t * B + b) * H + s.j0;
+        gates_backward<T>(hs, H, gates + (t * B + b) * G + s.j0, cs + o, cprev + b * H + s.j0,
+                          dmt + b * ldm + s.j0, dc0 + b * H + s.j0, dzt + b * G + s.j0,
+                          proj ? mall.data() + o : nullptr, running(lengths, t, b));
+      }
+      barrier();  // dZ_t complete before any thread's product reads it
+      // dh_{t-1} = dZ_t W_hh, this thread's outputs; a row that is not running keeps its dh
+      if (lengths == nullptr) {
+        pk_hh.mul(B, dzt, G, dh0 + ps.j0, P, false, false);
+      } else {
+        pk_hh.mul(B, dzt, G, dhp.data(), ps.size(), false, false);
+        for (int64_t b = 0; b < B; ++b)
+          if (running(lengths, t, b))
+            std::memcpy(dh0 + b * P + ps.j0, dhp.data() + b * ps.size(), (size_t)ps.size() * sizeof(T));
+      }
+    }
   }
   // the weight gradients and dX, each one gemm over all T*B rows
   gemm<T>(TB, I, G, dz.data(), G, 1, w_ih, I, 1, dx, I, false, true);          // dX = dZ W_ih
@@ -393,11 +456,14 @@ void lstm_backward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const
   if (Tn > 1)                                                                   // dW_hh = dZᵀ H_prev
     gemm<T>(G, P, TB - B, dz.data() + B * G, 1, G, y, P, 1, dw_hh, P, true, true);
   if (proj) gemm<T>(P, H, TB, dht.data(), 1, P, mall.data(), H, 1, dw_hr, H, false, true);
-  // db = column sums of dZ, rows in order (deterministic)
-  for (int64_t j = 0; j < G; ++j) db[j] = T(0);
-  for (int64_t r = 0; r < TB; ++r) {
-    const T* row = dz.data() + r * G;
-    for (int64_t j = 0; j < G; ++j) db[j] += row[j];
+  // db = column sums of dZ, rows in order (deterministic), columns split across threads
+  const int64_t ncol = (G + W - 1) / W;
+#pragma omp parallel for num_threads(in_parallel() || TB * G < (1 << 16) ? 1 : max_threads())
+  for (int64_t cb = 0; cb < ncol; ++cb) {
+    const int64_t j0 = cb * W, j1 = std::min<int64_t>(G, j0 + W);
+    for (int64_t j = j0; j < j1; ++j) db[j] = T(0);
+    for (int64_t r = 0; r < TB; ++r)
+      for (int64_t j = j0; j < j1; ++j) db[j] += dz.data()[r * G + j];
   }
 }
 
