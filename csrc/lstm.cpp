@@ -18,10 +18,13 @@
 #include "kernels.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <memory>
 #include <new>
+#include <thread>
+#include <type_traits>
 #include <vector>
 
 #if defined(__AVX512F__) || defined(__AVX2__) || defined(__FMA__)
@@ -114,86 +117,164 @@ inline vec<T> vfma(vec<T> a, vec<T> b, vec<T> c) {  // a * b + c, fused where th
 #endif
 }
 
-// The per-step product C (M x N) (+)= A (M x K) @ B (K x N) with B fixed for the whole
-// sequence. Big M: B packed once for the shared BLIS gemm (gemm_pack_b / gemm_prepacked_b).
-// Small M (online forecasting, B <= SMALL_M rows): that gemm's 1-row micro-tile is bound by
-// FMA latency (two accumulator chains), so B is kept as a zero-padded row-major copy and each
-// row runs 8 vector accumulators side by side along N. Either way every C element sums over
-// k in order: deterministic.
+// ---- the recurrent products ---------------------------------------------------------------
+// Every step multiplies the B rows of h (or dZ) by a fixed slice of W_hh. Two ways, chosen by B
+// alone (so the result does not depend on the thread count), each summing every output over k
+// in one fixed order (deterministic):
+//  - B > SMALL_M: the slice packed once per call for the shared BLIS gemm (gemm_pack_b /
+//    gemm_prepacked_b), whose micro-tile reuses each loaded weight for 8 rows;
+//  - B <= SMALL_M (online forecasting): a weight is used by so few rows that the step is bound
+//    by streaming the slice from L2, and packing it would cost more than the whole sequence at
+//    small T; W_hh is read in place, row by row, by the dot and axpy kernels below.
 constexpr int64_t SMALL_M = 4;
 
 template <typename T>
-struct StepB {
-  int64_t K, N, ld;  // ld: N rounded up to the vector width (small path)
-  bool small;
+struct Packed {  // K x N, element (k, j) at B[k * rsb + j * csb], packed for gemm_prepacked_b
+  int64_t K, N;
   std::vector<T> buf;
-  StepB(int64_t M, int64_t K_, int64_t N_, const T* B, int64_t rsb, int64_t csb)
-      : K(K_), N(N_), ld((N_ + simd<T>::width - 1) / simd<T>::width * simd<T>::width), small(M <= SMALL_M) {
+  Packed(int64_t K_, int64_t N_, const T* B, int64_t rsb, int64_t csb) : K(K_), N(N_) {
     if (K <= 0 || N <= 0) return;
-    if (small) {
-      buf.assign((size_t)(K * ld), T(0));
-      // 16 x 16 tiles, so that a transposed B (rsb == 1) is read along its rows too
-      for (int64_t j0 = 0; j0 < N; j0 += 16)
-        for (int64_t k0 = 0; k0 < K; k0 += 16)
-          for (int64_t j = j0; j < std::min<int64_t>(N, j0 + 16); ++j)
-            for (int64_t k = k0; k < std::min<int64_t>(K, k0 + 16); ++k)
-              buf[(size_t)(k * ld + j)] = B[k * rsb + j * csb];
-    } else {
-      buf.resize((size_t)gemm_packed_b_size<T>(K, N));
-      gemm_pack_b<T>(K, N, B, rsb, csb, buf.data());
-    }
+    buf.resize((size_t)gemm_packed_b_size<T>(K, N));
+    gemm_pack_b<T>(K, N, B, rsb, csb, buf.data());
   }
-
-  template <int NV>
-  void chunk(const T* a, int64_t j0, T* c, bool accumulate) const {
-    constexpr int W = simd<T>::width;
-    vec<T> acc[NV];
-    for (int v = 0; v < NV; ++v) acc[v] = vec<T>{};
-    const T* b = buf.data() + j0;
-    for (int64_t k = 0; k < K; ++k) {
-      const vec<T> av = vec<T>{} + a[k];
-#pragma GCC unroll 8
-      for (int v = 0; v < NV; ++v) acc[v] = vfma<T>(av, vload(b + k * ld + v * W), acc[v]);
-    }
-    for (int v = 0; v < NV; ++v) {
-      const int64_t j = j0 + (int64_t)v * W;
-      const int n = (int)std::min<int64_t>(W, N - j);
-      vec<T> r = accumulate ? (n == W ? vload(c + j) : vload_n(c + j, n)) + acc[v] : acc[v];
-      if (n == W) vstore(c + j, r);
-      else vstore_n(c + j, r, n);
-    }
-  }
-
-  void mul(int64_t M, const T* A, int64_t lda, T* C, int64_t ldc, bool accumulate,
-           bool parallel = true) const {
+  // C (M x N, row stride ldc) = A (M x K, row stride lda) @ B, on the calling thread
+  void mul(int64_t M, const T* A, int64_t lda, T* C, int64_t ldc) const {
     if (M <= 0 || N <= 0) return;
     if (K <= 0) {
-      if (!accumulate)
-        for (int64_t i = 0; i < M; ++i) std::memset(C + i * ldc, 0, (size_t)N * sizeof(T));
+      for (int64_t i = 0; i < M; ++i) std::memset(C + i * ldc, 0, (size_t)N * sizeof(T));
       return;
     }
-    if (!small || M > SMALL_M) {
-      gemm_prepacked_b<T>(M, N, K, A, lda, 1, buf.data(), C, ldc, accumulate, parallel);
-      return;
-    }
-    constexpr int W = simd<T>::width;
-    const int64_t nvec = ld / W;
-    for (int64_t i = 0; i < M; ++i) {
-      int64_t v0 = 0;
-      for (; v0 + 8 <= nvec; v0 += 8) chunk<8>(A + i * lda, v0 * W, C + i * ldc, accumulate);
-      switch (nvec - v0) {
-        case 7: chunk<7>(A + i * lda, v0 * W, C + i * ldc, accumulate); break;
-        case 6: chunk<6>(A + i * lda, v0 * W, C + i * ldc, accumulate); break;
-        case 5: chunk<5>(A + i * lda, v0 * W, C + i * ldc, accumulate); break;
-        case 4: chunk<4>(A + i * lda, v0 * W, C + i * ldc, accumulate); break;
-        case 3: chunk<3>(A + i * lda, v0 * W, C + i * ldc, accumulate); break;
-        case 2: chunk<2>(A + i * lda, v0 * W, C + i * ldc, accumulate); break;
-        case 1: chunk<1>(A + i * lda, v0 * W, C + i * ldc, accumulate); break;
-        default: break;
-      }
-    }
+    gemm_prepacked_b<T>(M, N, K, A, lda, 1, buf.data(), C, ldc, false, false);
   }
 };
+
+// The lanes of W accumulators summed, out[r] = Σ lanes of v[r]: pairs of vectors folded, each
+// keeping the sum of its halves, until one vector holds every sum in row order (a 16 x 16
+// transpose-and-add in 15 shuffle pairs for AVX-512 floats, rather than 16 horizontal sums).
+template <typename T>
+struct lane_index {  // shuffle masks: integers of T's size, one per lane
+  using I = typename std::conditional<sizeof(T) == 4, int32_t, int64_t>::type;
+  typedef I type __attribute__((vector_size(VBYTES)));
+};
+
+template <typename T, int N>  // N vectors left, each holding blocks of N lanes per row
+inline void fold_sums(vec<T>* v) {
+  constexpr int W = simd<T>::width;
+  if constexpr (N > 1) {
+    typename lane_index<T>::type lo, hi;  // in each N-lane block: [x's first half | y's first half], then the second halves
+    for (int l = 0; l < W; ++l) {
+      const int k = l / N * N, i = l % N;
+      lo[l] = i < N / 2 ? k + i : W + k + i - N / 2;
+      hi[l] = i < N / 2 ? k + i + N / 2 : W + k + i;
+    }
+    for (int r = 0; r < N / 2; ++r)
+      v[r] = __builtin_shuffle(v[r], v[r + N / 2], lo) + __builtin_shuffle(v[r], v[r + N / 2], hi);
+    fold_sums<T, N / 2>(v);
+  }
+}
+
+// n rows of length K (a product by their transpose: C[b][i] = A_b · row i), packed for one
+// stream of loads: groups of W rows, each group as K/W blocks holding the same W columns of its
+// W rows, zero-padded to whole groups and blocks. A copy of whole vectors, no transpose.
+template <typename T>
+struct DotPacked {
+  static constexpr int W = simd<T>::width;
+  int64_t n, K, kv;  // kv: vectors per row
+  std::vector<T> buf;
+  template <typename RowFn>  // row(i): the start of row i
+  DotPacked(int64_t n_, int64_t K_, RowFn row) : n(n_), K(K_), kv((K_ + W - 1) / W) {
+    const int64_t groups = (n + W - 1) / W;
+    buf.resize((size_t)std::max<int64_t>(groups * kv * W * W, 1));
+    const int64_t full = K / W;
+    for (int64_t i = 0; i < groups * W; ++i) {
+      T* dst = buf.data() + ((i / W) * kv * W + i % W) * W;
+      if (i >= n) {  // padding rows
+        for (int64_t v = 0; v < kv; ++v) vstore(dst + v * W * W, vec<T>{});
+        continue;
+      }
+      const T* src = row(i);
+      for (int64_t v = 0; v < full; ++v) vstore(dst + v * W * W, vload(src + v * W));
+      if (full < kv) vstore(dst + full * W * W, vload_n(src + full * W, (int)(K - full * W)));
+    }
+  }
+  // C (M x n, row stride ldc) = A (M x K, row stride lda) · rowsᵀ
+  void mul(int64_t M, const T* A, int64_t lda, T* C, int64_t ldc) const {
+    for (int64_t b = 0; b < M; ++b)
+      for (int64_t g = 0; g * W < n; ++g) {
+        const T* a = A + b * lda;
+        const T* w = buf.data() + g * kv * W * W;
+        vec<T> acc[W];
+        for (int r = 0; r < W; ++r) acc[r] = vec<T>{};
+        int64_t v = 0;
+        for (; (v + 1) * W <= K; ++v, w += W * W) {
+          const vec<T> av = vload(a + v * W);
+#pragma GCC unroll 16
+          for (int r = 0; r < W; ++r) acc[r] = vfma<T>(av, vload(w + r * W), acc[r]);
+        }
+        if (v < kv) {  // the last, partial vector of A (the packed rows are zero past K)
+          const vec<T> av = vload_n(a + v * W, (int)(K - v * W));
+          for (int r = 0; r < W; ++r) acc[r] = vfma<T>(av, vload(w + r * W), acc[r]);
+        }
+        fold_sums<T, W>(acc);
+        const int m = (int)std::min<int64_t>(W, n - g * W);
+        if (m == W) vstore(C + b * ldc + g * W, acc[0]);
+        else vstore_n(C + b * ldc + g * W, acc[0], m);
+      }
+  }
+};
+
+// c[0, n) = Σ_k a[k] R[k, 0:n) for (NV - 1) W < n <= NV W columns, R's rows ldr apart; the
+// last vector may be partial. The even and odd k run in two sets of accumulators, added at the
+// end: twice the FMA chains in flight when NV is small.
+template <typename T, int NV>
+inline void axpy_rows(int64_t n, int64_t K, const T* R, int64_t ldr, const T* a, T* c) {
+  constexpr int W = simd<T>::width;
+  const int last = (int)(n - (NV - 1) * W);  // columns in the last vector, 1..W
+  vec<T> acc[2][NV];
+  for (int v = 0; v < NV; ++v) acc[0][v] = acc[1][v] = vec<T>{};
+  auto row = [&](int e, int64_t k) {
+    const vec<T> av = vbroadcast<T>(a[k]);
+    const T* rk = R + k * ldr;
+#pragma GCC unroll 8
+    for (int v = 0; v < NV - 1; ++v) acc[e][v] = vfma<T>(av, vload(rk + v * W), acc[e][v]);
+    const vec<T> wl = last == W ? vload(rk + (NV - 1) * W) : vload_n(rk + (NV - 1) * W, last);
+    acc[e][NV - 1] = vfma<T>(av, wl, acc[e][NV - 1]);
+  };
+  int64_t k = 0;
+  for (; k + 2 <= K; k += 2) {
+    row(0, k);
+    row(1, k + 1);
+  }
+  if (k < K) row(0, k);
+  for (int v = 0; v < NV; ++v) acc[0][v] += acc[1][v];
+  for (int v = 0; v < NV - 1; ++v) vstore(c + v * W, acc[0][v]);
+  if (last == W) vstore(c + (NV - 1) * W, acc[0][NV - 1]);
+  else vstore_n(c + (NV - 1) * W, acc[0][NV - 1], last);
+}
+
+// C[b][0, n) = Σ_k A_b[k] R[k, 0:n) for B rows of A (stride lda), K rows of R (stride ldr):
+// a product by R, read in place.
+template <typename T>
+void axpy_many(int64_t B, int64_t K, int64_t n, const T* R, int64_t ldr, const T* A, int64_t lda,
+               T* C, int64_t ldc) {
+  constexpr int W = simd<T>::width, NV = 8;
+  for (int64_t b = 0; b < B; ++b) {
+    const T* a = A + b * lda;
+    T* c = C + b * ldc;
+    int64_t j = 0;
+    for (; j + NV * W <= n; j += NV * W) axpy_rows<T, NV>(NV * W, K, R + j, ldr, a, c + j);
+    switch ((n - j + W - 1) / W) {  // the remaining vectors
+      case 7: axpy_rows<T, 7>(n - j, K, R + j, ldr, a, c + j); break;
+      case 6: axpy_rows<T, 6>(n - j, K, R + j, ldr, a, c + j); break;
+      case 5: axpy_rows<T, 5>(n - j, K, R + j, ldr, a, c + j); break;
+      case 4: axpy_rows<T, 4>(n - j, K, R + j, ldr, a, c + j); break;
+      case 3: axpy_rows<T, 3>(n - j, K, R + j, ldr, a, c + j); break;
+      case 2: axpy_rows<T, 2>(n - j, K, R + j, ldr, a, c + j); break;
+      case 1: axpy_rows<T, 1>(n - j, K, R + j, ldr, a, c + j); break;
+      default: break;
+    }
+  }
+}
 
 inline bool running(const int64_t* lengths, int64_t t, int64_t b) {
   return lengths == nullptr || t < lengths[b];
@@ -234,9 +315,31 @@ inline int num_threads_here() {
 #endif
 }
 
-inline void barrier() {
-#pragma omp barrier
-}
+// The barrier between steps: a counter and a phase on the caller's stack, spun on, since a step
+// can be a microsecond and OpenMP's barrier costs a good part of that. After a while of
+// spinning a thread yields its core, in case the machine has more threads than cores.
+struct StepBarrier {
+  int n = 1;  // threads in the region
+  std::atomic<int> arrived{0}, phase{0};
+  void wait() {
+    if (n <= 1) return;
+    const int ph = phase.load(std::memory_order_acquire);
+    if (arrived.fetch_add(1, std::memory_order_acq_rel) == n - 1) {
+      arrived.store(0, std::memory_order_relaxed);
+      phase.store(ph + 1, std::memory_order_release);
+      return;
+    }
+    for (int spin = 0; phase.load(std::memory_order_acquire) == ph; ++spin) {
+      if (spin < (1 << 14)) pause();
+      else std::this_thread::yield();
+    }
+  }
+  static void pause() {
+#if defined(__SSE2__)
+    _mm_pause();
+#endif
+  }
+};
 
 // ---- forward: one step's elementwise work, row b, hidden units [j0, j0 + n) -----------------
 // z: the gates array at unit j0 (gate q at z + q * H), holding x W_ihᵀ, replaced by the
@@ -332,24 +435,35 @@ void lstm_forward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const 
   Workspace<T> hbuf(2 * B * P), mall(proj ? B * H : 0);
   std::memcpy(hbuf.data(), h0, (size_t)(B * P) * sizeof(T));
   const int nt = threads_for_steps(B, P, G, H, W);
+  const bool small = B <= SMALL_M;
 
+  StepBarrier bar;
 #pragma omp parallel num_threads(nt)
   {
     const int n = num_threads_here(), r = thread_id();
+#pragma omp single
+    bar.n = n;  // (the single's closing barrier publishes it)
     const Slice s = slice_of(H, W, r, n);           // hidden units (c, gates)
     const Slice ps = proj ? slice_of(P, W, r, n) : s;  // outputs (h, y)
     const int64_t hs = s.size();
-    // W_hhᵀ restricted to this thread's gate columns (P x 4hs); W_hrᵀ to its outputs (H x ps)
-    const std::vector<T> wg = gather_gate_rows(w_hh, H, P, s);
-    const StepB<T> pk_hh(B, P, 4 * hs, wg.data(), 1, P);
-    const StepB<T> pk_hr(B, proj ? H : 0, proj ? ps.size() : 0, proj ? w_hr + ps.j0 * H : nullptr, 1, H);
+    // packed (B > SMALL_M): W_hhᵀ restricted to this thread's gate columns (P x 4hs), W_hrᵀ to
+    // its outputs (H x ps)
+    const std::vector<T> wg = small ? std::vector<T>() : gather_gate_rows(w_hh, H, P, s);
+    const Packed<T> pk_hh(small ? 0 : P, 4 * hs, wg.data(), 1, P);
+    const Packed<T> pk_hr(small || !proj ? 0 : H, ps.size(), proj ? w_hr + ps.j0 * H : nullptr, 1, H);
+    // row-packed (B <= SMALL_M): the same rows of W_hh and W_hr, for dot products
+    auto gate_row = [&](int64_t i) { return w_hh + ((i / hs) * H + s.j0 + i % hs) * P; };
+    auto proj_row = [&](int64_t i) { return w_hr + (ps.j0 + i) * H; };
+    const DotPacked<T> dp_hh(small ? 4 * hs : 0, P, gate_row);
+    const DotPacked<T> dp_hr(small && proj ? ps.size() : 0, H, proj_row);
     Workspace<T> zr(B * 4 * hs), mown(proj ? 0 : B * hs), hp(proj ? B * ps.size() : 0);
 
     for (int64_t t = 0; t < Tn; ++t) {
       const T* hprev = hbuf.data() + (t % 2) * B * P;
       T* hnext = hbuf.data() + ((t + 1) % 2) * B * P;
       T* z = gates + t * B * G;
-      pk_hh.mul(B, hprev, P, zr.data(), 4 * hs, false, false);
+      if (small) dp_hh.mul(B, hprev, P, zr.data(), 4 * hs);
+      else pk_hh.mul(B, hprev, P, zr.data(), 4 * hs);
       // m for this thread's units: its own buffer, or the shared one the projection reads
       T* m = proj ? mall.data() + s.j0 : mown.data();
       const int64_t ldm = proj ? H : hs;
@@ -361,8 +475,9 @@ void lstm_forward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const 
       const T* hnew = m;  // this thread's outputs, row stride ldh
       int64_t ldh = ldm;
       if (proj) {
-        barrier();  // the projection reads all of m
-        pk_hr.mul(B, mall.data(), H, hp.data(), ps.size(), false, false);
+        bar.wait();  // the projection reads all of m
+        if (small) dp_hr.mul(B, mall.data(), H, hp.data(), ps.size());
+        else pk_hr.mul(B, mall.data(), H, hp.data(), ps.size());
         hnew = hp.data();
         ldh = ps.size();
       }
@@ -378,7 +493,7 @@ void lstm_forward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const 
           std::memcpy(hb, hprev + b * P + ps.j0, bytes);
         }
       }
-      barrier();  // h_t complete before any thread's next product reads it
+      bar.wait();  // h_t complete before any thread's next product reads it
     }
   }
   std::memcpy(h_n, hbuf.data() + (Tn % 2) * B * P, (size_t)(B * P) * sizeof(T));
@@ -402,16 +517,21 @@ void lstm_backward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const
   Workspace<T> dht(proj ? TB * P : B * P);
   Workspace<T> mall(proj ? TB * H : 0), dm(proj ? B * H : 0);
   const int nt = TB > 0 ? threads_for_steps(B, G, P, H, W) : 1;
+  const bool small = B <= SMALL_M;
 
+  StepBarrier bar;
 #pragma omp parallel num_threads(nt)
   {
     const int n = num_threads_here(), r = thread_id();
+#pragma omp single
+    bar.n = n;  // (the single's closing barrier publishes it)
     const Slice s = slice_of(H, W, r, n);              // hidden units (c, gates, dZ columns)
     const Slice ps = proj ? slice_of(P, W, r, n) : s;  // outputs (h)
     const int64_t hs = s.size();
-    // W_hh's columns for this thread's outputs (4H x ps); W_hr's for its units (P x hs)
-    const StepB<T> pk_hh(B, TB > 0 ? G : 0, ps.size(), w_hh + ps.j0, P, 1);
-    const StepB<T> pk_hr(B, proj && TB > 0 ? P : 0, hs, proj ? w_hr + s.j0 : nullptr, H, 1);
+    // packed (B > SMALL_M): W_hh's columns for this thread's outputs (4H x ps), W_hr's for its
+    // units (P x hs)
+    const Packed<T> pk_hh(small ? 0 : G, ps.size(), w_hh + ps.j0, P, 1);
+    const Packed<T> pk_hr(small || !proj ? 0 : P, hs, proj ? w_hr + s.j0 : nullptr, H, 1);
     Workspace<T> dhp(lengths ? B * ps.size() : 0);
 
     for (int64_t t = Tn - 1; t >= 0; --t) {
@@ -425,8 +545,9 @@ void lstm_backward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const
       const T* dmt = dh;  // the gradient of m, row stride ldm
       int64_t ldm = P;
       if (proj) {
-        barrier();  // dM = dH W_hr reads all of dh
-        pk_hr.mul(B, dh, P, dm.data() + s.j0, H, false, false);
+        bar.wait();  // dM = dH W_hr reads all of dh
+        if (small) axpy_many<T>(B, P, hs, w_hr + s.j0, H, dh, P, dm.data() + s.j0, H);
+        else pk_hr.mul(B, dh, P, dm.data() + s.j0, H);
         dmt = dm.data();
         ldm = H;
       }
@@ -437,12 +558,13 @@ void lstm_backward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const
                           dmt + b * ldm + s.j0, dc0 + b * H + s.j0, dzt + b * G + s.j0,
                           proj ? mall.data() + o : nullptr, running(lengths, t, b));
       }
-      barrier();  // dZ_t complete before any thread's product reads it
+      bar.wait();  // dZ_t complete before any thread's product reads it
       // dh_{t-1} = dZ_t W_hh, this thread's outputs; a row that is not running keeps its dh
-      if (lengths == nullptr) {
-        pk_hh.mul(B, dzt, G, dh0 + ps.j0, P, false, false);
-      } else {
-        pk_hh.mul(B, dzt, G, dhp.data(), ps.size(), false, false);
+      T* out = lengths ? dhp.data() : dh0 + ps.j0;
+      const int64_t ldo = lengths ? ps.size() : P;
+      if (small) axpy_many<T>(B, G, ps.size(), w_hh + ps.j0, P, dzt, G, out, ldo);
+      else pk_hh.mul(B, dzt, G, out, ldo);
+      if (lengths) {
         for (int64_t b = 0; b < B; ++b)
           if (running(lengths, t, b))
             std::memcpy(dh0 + b * P + ps.j0, dhp.data() + b * ps.size(), (size_t)ps.size() * sizeof(T));
