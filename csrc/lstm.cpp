@@ -427,8 +427,6 @@ void lstm_forward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const 
   std::memcpy(h_n, h0, (size_t)(B * P) * sizeof(T));
   std::memcpy(c_n, c0, (size_t)(B * H) * sizeof(T));
   if (Tn <= 0 || B <= 0) return;
-  // Z = X W_ihᵀ for every step at once, into the gates array
-  gemm<T>(Tn * B, G, I, x, I, 1, w_ih, 1, I, gates, G, false, true);
   const bool proj = w_hr != nullptr;
   // h_{t-1} and h_t (double-buffered: a thread writes its slice of h_t while another may
   // still read h_{t-1}); m = o tanh(c) of all units, shared only with a projection
@@ -436,6 +434,9 @@ void lstm_forward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const 
   std::memcpy(hbuf.data(), h0, (size_t)(B * P) * sizeof(T));
   const int nt = threads_for_steps(B, P, G, H, W);
   const bool small = B <= SMALL_M;
+  // Z = X W_ihᵀ for every step at once, into the gates array: here on all threads when the
+  // steps run on one; otherwise in the region, each thread a share of the rows
+  if (nt == 1) gemm<T>(Tn * B, G, I, x, I, 1, w_ih, 1, I, gates, G, false, true);
 
   StepBarrier bar;
 #pragma omp parallel num_threads(nt)
@@ -446,6 +447,10 @@ void lstm_forward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const 
     const Slice s = slice_of(H, W, r, n);           // hidden units (c, gates)
     const Slice ps = proj ? slice_of(P, W, r, n) : s;  // outputs (h, y)
     const int64_t hs = s.size();
+    if (nt > 1) {
+      const int64_t i0 = Tn * B * r / n, i1 = Tn * B * (r + 1) / n;
+      gemm<T>(i1 - i0, G, I, x + i0 * I, I, 1, w_ih, 1, I, gates + i0 * G, G, false, false);
+    }
     // packed (B > SMALL_M): W_hhᵀ restricted to this thread's gate columns (P x 4hs), W_hrᵀ to
     // its outputs (H x ps)
     const std::vector<T> wg = small ? std::vector<T>() : gather_gate_rows(w_hh, H, P, s);
@@ -457,6 +462,7 @@ void lstm_forward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const 
     const DotPacked<T> dp_hh(small ? 4 * hs : 0, P, gate_row);
     const DotPacked<T> dp_hr(small && proj ? ps.size() : 0, H, proj_row);
     Workspace<T> zr(B * 4 * hs), mown(proj ? 0 : B * hs), hp(proj ? B * ps.size() : 0);
+    bar.wait();  // Z complete (and every thread's weights packed)
 
     for (int64_t t = 0; t < Tn; ++t) {
       const T* hprev = hbuf.data() + (t % 2) * B * P;
@@ -518,6 +524,28 @@ void lstm_backward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const
   Workspace<T> mall(proj ? TB * H : 0), dm(proj ? B * H : 0);
   const int nt = TB > 0 ? threads_for_steps(B, G, P, H, W) : 1;
   const bool small = B <= SMALL_M;
+  // dX, the weight gradients and db from all of dZ, thread r of n taking a share of the rows of
+  // each (every element is computed alike whatever the share); parallel: n == 1 and the gemms
+  // may use every thread themselves
+  auto weight_grads = [&](int r, int n, bool parallel) {
+    auto rows = [&](int64_t m) { return Slice{m * r / n, m * (r + 1) / n}; };
+    const Slice sx = rows(TB), sg = rows(G), sp = rows(P);
+    const T* dzg = dz.data() + sg.j0;  // dZᵀ's rows sg: dZ's columns
+    gemm<T>(sx.size(), I, G, dz.data() + sx.j0 * G, G, 1, w_ih, I, 1, dx + sx.j0 * I, I, false,
+            parallel);                                                                // dX = dZ W_ih
+    gemm<T>(sg.size(), I, TB, dzg, 1, G, x, I, 1, dw_ih + sg.j0 * I, I, false, parallel);  // dZᵀ X
+    gemm<T>(sg.size(), P, std::min<int64_t>(B, TB), dzg, 1, G, h0, P, 1, dw_hh + sg.j0 * P, P,
+            false, parallel);                                                         // dW_hh =
+    if (Tn > 1)                                                                       // dZᵀ H_prev
+      gemm<T>(sg.size(), P, TB - B, dzg + B * G, 1, G, y, P, 1, dw_hh + sg.j0 * P, P, true, parallel);
+    if (proj)
+      gemm<T>(sp.size(), H, TB, dht.data() + sp.j0, 1, P, mall.data(), H, 1, dw_hr + sp.j0 * H, H,
+              false, parallel);                                                       // dW_hr = dHᵀ M
+    // db = column sums of dZ (columns sg), rows in order: deterministic
+    for (int64_t j = sg.j0; j < sg.j1; ++j) db[j] = T(0);
+    for (int64_t i = 0; i < TB; ++i)
+      for (int64_t j = sg.j0; j < sg.j1; ++j) db[j] += dz.data()[i * G + j];
+  };
 
   StepBarrier bar;
 #pragma omp parallel num_threads(nt)
@@ -570,23 +598,10 @@ void lstm_backward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const
             std::memcpy(dh0 + b * P + ps.j0, dhp.data() + b * ps.size(), (size_t)ps.size() * sizeof(T));
       }
     }
+    // every step's dZ is complete: the last step's barrier came after its gate pass
+    if (nt > 1) weight_grads(r, n, false);
   }
-  // the weight gradients and dX, each one gemm over all T*B rows
-  gemm<T>(TB, I, G, dz.data(), G, 1, w_ih, I, 1, dx, I, false, true);          // dX = dZ W_ih
-  gemm<T>(G, I, TB, dz.data(), 1, G, x, I, 1, dw_ih, I, false, true);          // dW_ih = dZᵀ X
-  gemm<T>(G, P, std::min<int64_t>(B, TB), dz.data(), 1, G, h0, P, 1, dw_hh, P, false, true);
-  if (Tn > 1)                                                                   // dW_hh = dZᵀ H_prev
-    gemm<T>(G, P, TB - B, dz.data() + B * G, 1, G, y, P, 1, dw_hh, P, true, true);
-  if (proj) gemm<T>(P, H, TB, dht.data(), 1, P, mall.data(), H, 1, dw_hr, H, false, true);
-  // db = column sums of dZ, rows in order (deterministic), columns split across threads
-  const int64_t ncol = (G + W - 1) / W;
-#pragma omp parallel for num_threads(in_parallel() || TB * G < (1 << 16) ? 1 : max_threads())
-  for (int64_t cb = 0; cb < ncol; ++cb) {
-    const int64_t j0 = cb * W, j1 = std::min<int64_t>(G, j0 + W);
-    for (int64_t j = j0; j < j1; ++j) db[j] = T(0);
-    for (int64_t r = 0; r < TB; ++r)
-      for (int64_t j = j0; j < j1; ++j) db[j] += dz.data()[r * G + j];
-  }
+  if (nt == 1) weight_grads(0, 1, true);
 }
 
 #define DLK_LSTM_INSTANTIATE(T)                                                                 \
