@@ -155,14 +155,15 @@ struct Packed {  // K x N, element (k, j) at B[k * rsb + j * csb], packed for ge
     buf.resize((size_t)gemm_packed_b_size<T>(K, N));
     gemm_pack_b<T>(K, N, B, rsb, csb, buf.data());
   }
-  // C (M x N, row stride ldc) = A (M x K, row stride lda) @ B, on the calling thread
-  void mul(int64_t M, const T* A, int64_t lda, T* C, int64_t ldc) const {
+  // C (M x N, row stride ldc) (+)= A (M x K, row stride lda) @ B, on the calling thread
+  void mul(int64_t M, const T* A, int64_t lda, T* C, int64_t ldc, bool accumulate = false) const {
     if (M <= 0 || N <= 0) return;
     if (K <= 0) {
-      for (int64_t i = 0; i < M; ++i) std::memset(C + i * ldc, 0, (size_t)N * sizeof(T));
+      if (!accumulate)
+        for (int64_t i = 0; i < M; ++i) std::memset(C + i * ldc, 0, (size_t)N * sizeof(T));
       return;
     }
-    gemm_prepacked_b<T>(M, N, K, A, lda, 1, buf.data(), C, ldc, false, false);
+    gemm_prepacked_b<T>(M, N, K, A, lda, 1, buf.data(), C, ldc, accumulate, false);
   }
 };
 
@@ -360,13 +361,14 @@ struct StepBarrier {
 };
 
 // ---- forward: one step's elementwise work, row b, hidden units [j0, j0 + n) -----------------
-// z: the gates array at unit j0 (gate q at z + q * H), holding x W_ihᵀ, replaced by the
-// activated gates; zr: the recurrent product h W_hhᵀ for the same units (gate q at zr + q * n);
+// z: the gates array at unit j0 (gate q at z + q * H), holding x W_ihᵀ when zin (else not
+// read), replaced by the activated gates; zr: the recurrent product h W_hhᵀ for the same units
+// (gate q at zr + q * n), plus x W_ihᵀ when not zin;
 // bias (4H) at unit j0 or null; cprev: c_{t-1}; c gets c_t (c_{t-1} when not running); m gets
 // o * tanh(c_t).
 template <typename T>
-void gates_forward(int64_t n, int64_t H, T* z, const T* zr, const T* bias, const T* cprev, T* c,
-                   T* m, bool run) {
+void gates_forward(int64_t n, int64_t H, T* z, bool zin, const T* zr, const T* bias,
+                   const T* cprev, T* c, T* m, bool run) {
   constexpr int W = simd<T>::width;
   for (int64_t j = 0; j < n; j += W) {
     const int w = (int)std::min<int64_t>(W, n - j);
@@ -377,7 +379,7 @@ void gates_forward(int64_t n, int64_t H, T* z, const T* zr, const T* bias, const
     };
     vec<T> zq[4];
     for (int q = 0; q < 4; ++q) {
-      zq[q] = ld(z + q * H + j) + ld(zr + q * n + j);
+      zq[q] = zin ? ld(z + q * H + j) + ld(zr + q * n + j) : ld(zr + q * n + j);
       if (bias) zq[q] += ld(bias + q * H + j);
     }
     vec<T> i = vsigmoid<T>(zq[0]), f = vsigmoid<T>(zq[1]), g = vtanh<T>(zq[2]), o = vsigmoid<T>(zq[3]);
@@ -457,9 +459,11 @@ void lstm_forward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const 
   if (lengths) std::memcpy(hbuf.data(), h0, (size_t)(B * P) * sizeof(T));
   const int nt = threads_for_steps(B, P, G, H, W);
   const bool small = B <= SMALL_M;
-  // Z = X W_ihᵀ for every step at once, into the gates array: here on all threads when the
-  // steps run on one; otherwise in the region, each thread a share of the rows
-  if (nt == 1) gemm<T>(Tn * B, G, I, x, I, 1, w_ih, 1, I, gates, G, false, true);
+  // x W_ihᵀ: for B <= SMALL_M, for every step at once (Z, into the gates array), here on all
+  // threads when the steps run on one, else in the region, each thread a share of the rows.
+  // Bigger B: step by step, each thread its gate columns just before their gate pass, so that
+  // they are read from cache rather than from a Z too big for it.
+  if (small && nt == 1) gemm<T>(Tn * B, G, I, x, I, 1, w_ih, 1, I, gates, G, false, true);
 
   StepBarrier bar;
 #pragma omp parallel num_threads(nt)
@@ -470,13 +474,15 @@ void lstm_forward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const 
     const Slice s = slice_of(H, W, r, n);           // hidden units (c, gates)
     const Slice ps = proj ? slice_of(P, W, r, n) : s;  // outputs (h, y)
     const int64_t hs = s.size();
-    if (nt > 1) {
+    if (small && nt > 1) {
       const int64_t i0 = Tn * B * r / n, i1 = Tn * B * (r + 1) / n;
       gemm<T>(i1 - i0, G, I, x + i0 * I, I, 1, w_ih, 1, I, gates + i0 * G, G, false, false);
     }
-    // packed (B > SMALL_M): W_hhᵀ restricted to this thread's gate columns (P x 4hs), W_hrᵀ to
-    // its outputs (H x ps)
+    // packed (B > SMALL_M): W_ihᵀ and W_hhᵀ restricted to this thread's gate columns (I x 4hs,
+    // P x 4hs), W_hrᵀ to its outputs (H x ps)
+    const std::vector<T> wgi = small ? std::vector<T>() : gather_gate_rows(w_ih, H, I, s);
     const std::vector<T> wg = small ? std::vector<T>() : gather_gate_rows(w_hh, H, P, s);
+    const Packed<T> pk_ih(small ? 0 : I, 4 * hs, wgi.data(), 1, I);
     const Packed<T> pk_hh(small ? 0 : P, 4 * hs, wg.data(), 1, P);
     const Packed<T> pk_hr(small || !proj ? 0 : H, ps.size(), proj ? w_hr + ps.j0 * H : nullptr, 1, H);
     // row-packed (B <= SMALL_M): the same rows of W_hh and W_hr, for dot products
@@ -491,15 +497,19 @@ void lstm_forward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const 
       T* yt = y + t * B * P;
       const T* hprev = lengths ? hbuf.data() + (t % 2) * B * P : t > 0 ? yt - B * P : h0;
       T* z = gates + t * B * G;
-      if (small) dp_hh.mul(B, hprev, P, zr.data(), 4 * hs);
-      else pk_hh.mul(B, hprev, P, zr.data(), 4 * hs);
+      if (small) {
+        dp_hh.mul(B, hprev, P, zr.data(), 4 * hs);
+      } else {
+        pk_ih.mul(B, x + t * B * I, I, zr.data(), 4 * hs);
+        pk_hh.mul(B, hprev, P, zr.data(), 4 * hs, true);
+      }
       // m for this thread's units: y_t itself (no projection, no lengths), else its own
       // buffer, or the shared one the projection reads
       T* m = proj ? mall.data() + s.j0 : lengths ? mown.data() : yt + s.j0;
       const int64_t ldm = proj ? H : lengths ? hs : P;
       const T* cprev = t > 0 ? cs + (t - 1) * B * H : c0;
       for (int64_t b = 0; b < B; ++b)
-        gates_forward<T>(hs, H, z + b * G + s.j0, zr.data() + b * 4 * hs, bias ? bias + s.j0 : nullptr,
+        gates_forward<T>(hs, H, z + b * G + s.j0, small, zr.data() + b * 4 * hs, bias ? bias + s.j0 : nullptr,
                          cprev + b * H + s.j0, cs + (t * B + b) * H + s.j0, m + b * ldm,
                          running(lengths, t, b));
       const T* hnew = m;  // this thread's outputs, row stride ldh
