@@ -565,7 +565,7 @@ void lstm_backward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const
   Workspace<T> mall(proj ? TB * H : 0), dm(proj ? B * H : 0);
   const int nt = TB > 0 ? threads_for_steps(B, G, P, H, W) : 1;
   const bool small = B <= SMALL_M;
-  // dX, the weight gradients and db from all of dZ, thread r of n taking a share of the rows of
+  // dX and the weight gradients from all of dZ, thread r of n taking a share of the rows of
   // each (every element is computed alike whatever the share); parallel: n == 1 and the gemms
   // may use every thread themselves
   auto weight_grads = [&](int r, int n, bool parallel) {
@@ -582,10 +582,6 @@ void lstm_backward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const
     if (proj)
       gemm<T>(sp.size(), H, TB, dht.data() + sp.j0, 1, P, mall.data(), H, 1, dw_hr + sp.j0 * H, H,
               false, parallel);                                                       // dW_hr = dHᵀ M
-    // db = column sums of dZ (columns sg), rows in order: deterministic
-    for (int64_t j = sg.j0; j < sg.j1; ++j) db[j] = T(0);
-    for (int64_t i = 0; i < TB; ++i)
-      for (int64_t j = sg.j0; j < sg.j1; ++j) db[j] += dz.data()[i * G + j];
   };
 
   StepBarrier bar;
@@ -602,6 +598,9 @@ void lstm_backward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const
     const Packed<T> pk_hh(small ? 0 : G, ps.size(), w_hh + ps.j0, P, 1);
     const Packed<T> pk_hr(small || !proj ? 0 : P, hs, proj ? w_hr + s.j0 : nullptr, H, 1);
     Workspace<T> dhp(lengths ? B * ps.size() : 0);
+    // db = column sums of dZ, summed here while dZ_t is in cache: each thread its units'
+    // columns, steps from last to first, rows in order (deterministic)
+    for (int q = 0; q < 4; ++q) std::memset(db + q * H + s.j0, 0, (size_t)hs * sizeof(T));
 
     for (int64_t t = Tn - 1; t >= 0; --t) {
       T* dzt = dz.data() + t * B * G;
@@ -626,6 +625,11 @@ void lstm_backward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const
         gates_backward<T>(hs, H, gates + (t * B + b) * G + s.j0, cs + o, cprev + b * H + s.j0,
                           dmt + b * ldm + s.j0, dc0 + b * H + s.j0, dzt + b * G + s.j0,
                           proj ? mall.data() + o : nullptr, running(lengths, t, b));
+        for (int q = 0; q < 4; ++q) {
+          T* d = db + q * H + s.j0;
+          const T* zq = dzt + b * G + q * H + s.j0;
+          for (int64_t j = 0; j < hs; ++j) d[j] += zq[j];
+        }
       }
       bar.wait();  // dZ_t complete before any thread's product reads it
       // dh_{t-1} = dZ_t W_hh, this thread's outputs; a row that is not running keeps its dh
