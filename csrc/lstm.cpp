@@ -1,19 +1,24 @@
 // lstm.cpp: one LSTM layer, one direction, forward and backward through time (float, double).
 //
 // The plan of Appleyard, Kocisky and Blunsom (2016), "Optimizing performance of recurrent
-// neural networks on GPUs", on the CPU:
-//   forward   Z = X W_ihᵀ for all T steps as ONE gemm ([T*B, I] x [I, 4H]);
-//             W_hhᵀ packed once (gemm_pack_b) and reused by every step's
-//             Z_t += h_{t-1} W_hhᵀ (gemm_prepacked_b);
-//             one fused, vectorised pass per step for bias, the four activations, c and h;
-//             with a projection, h = m W_hrᵀ by a second prepacked gemm.
-//   backward  per step only what the recurrence needs: dh_{t-1} = dZ_t W_hh (prepacked) and
-//             the fused elementwise pass; then dX = dZ W_ih, dW_ih = dZᵀ X, dW_hh = dZᵀ H_prev,
-//             dW_hr = dHᵀ M as single gemms over all T*B rows, and db as one column sum.
+// neural networks on GPUs", on a CPU's few cores:
+//   one OpenMP region for the whole sequence; thread r owns a slice of the hidden units, packs
+//   its slice of the weights once (it stays in its core's cache from step to step), computes
+//   only its gate columns and their fused gate pass, and meets the others at one spinning
+//   barrier per step, after which every thread reads all of h (forward) or dZ (backward).
+//   forward   z_t = x_t W_ihᵀ + h_{t-1} W_hhᵀ per step on the thread's packed columns (the
+//             shared BLIS gemm); for B <= 4, where a step is bound by streaming W_hh from
+//             L2, X W_ihᵀ is one gemm for all steps and h W_hhᵀ dot products on rows of W_hh
+//             packed without a transpose; with a projection, h = m W_hrᵀ the same way.
+//   backward  per step only what the recurrence needs: dh_{t-1} = dZ_t W_hh on the thread's
+//             columns (W_hh read in place for B <= 4) and the fused elementwise pass, which
+//             also sums db; then dX = dZ W_ih, dW_ih = dZᵀ X, dW_hh = dZᵀ H_prev,
+//             dW_hr = dHᵀ M as gemms over all T*B rows, their rows shared by the threads.
 // Layout: time-major, C-contiguous; gates saved activated (i, f, g, o), c saved every step.
 // Lengths (or null): sequence b runs steps t < lengths[b]; past its end it keeps its state
 // and outputs 0, and its gradients pass through unchanged.
-// Deterministic: the gemm is (see gemm.cpp) and every other sum runs in a fixed order.
+// Deterministic: every output element is computed by the same operations in the same order
+// whatever the number of threads (the gemm's promise, see gemm.cpp, and fixed-order sums).
 #include "dlk.h"
 #include "kernels.h"
 
@@ -301,8 +306,8 @@ inline bool running(const int64_t* lengths, int64_t t, int64_t b) {
 
 // ---- the threads of one call --------------------------------------------------------------
 // One OpenMP region runs the whole sequence. Thread r owns a slice of the hidden units (and of
-// the P outputs): it computes the recurrent product only for the gate columns of its units,
-// with its own packed slice of W_hh (which stays in its core's cache from step to step), runs
+// the P outputs): it computes the step's products only for the gate columns of its units,
+// with its own packed slice of the weights (which stays in its core's cache), runs
 // the gate pass on those units, and meets the others at one barrier per step, after which
 // every thread reads all of h (forward) or of dZ (backward). Splitting the columns rather than
 // the batch rows keeps every thread busy at B = 1 and halves the weights each core streams.
@@ -429,13 +434,13 @@ void gates_backward(int64_t n, int64_t H, const T* gates, const T* ct, const T* 
   }
 }
 
-// The rows of W_hh for hidden units s of all four gates, gathered (4 |s| x P): the columns of
-// W_hhᵀ that one thread's recurrent product needs, gate q's at q * |s|.
+// The rows of a gate weight w (4H x K: W_ih or W_hh) for hidden units s of all four gates,
+// gathered (4 |s| x K): the columns of wᵀ that one thread's products need, gate q's at q |s|.
 template <typename T>
-std::vector<T> gather_gate_rows(const T* w_hh, int64_t H, int64_t P, Slice s) {
-  std::vector<T> g((size_t)std::max<int64_t>(4 * s.size() * P, 1));
+std::vector<T> gather_gate_rows(const T* w, int64_t H, int64_t K, Slice s) {
+  std::vector<T> g((size_t)std::max<int64_t>(4 * s.size() * K, 1));
   for (int q = 0; q < 4; ++q)
-    std::memcpy(g.data() + q * s.size() * P, w_hh + (q * H + s.j0) * P, (size_t)(s.size() * P) * sizeof(T));
+    std::memcpy(g.data() + q * s.size() * K, w + (q * H + s.j0) * K, (size_t)(s.size() * K) * sizeof(T));
   return g;
 }
 
