@@ -1,27 +1,35 @@
 // lstm.cpp: one LSTM layer, one direction, forward and backward through time (float, double).
 //
 // The plan of Appleyard, Kocisky and Blunsom (2016), "Optimizing performance of recurrent
-// neural networks on GPUs", on the CPU:
-//   forward   Z = X W_ihᵀ for all T steps as ONE gemm ([T*B, I] x [I, 4H]);
-//             W_hhᵀ packed once (gemm_pack_b) and reused by every step's
-//             Z_t += h_{t-1} W_hhᵀ (gemm_prepacked_b);
-//             one fused, vectorised pass per step for bias, the four activations, c and h;
-//             with a projection, h = m W_hrᵀ by a second prepacked gemm.
-//   backward  per step only what the recurrence needs: dh_{t-1} = dZ_t W_hh (prepacked) and
-//             the fused elementwise pass; then dX = dZ W_ih, dW_ih = dZᵀ X, dW_hh = dZᵀ H_prev,
-//             dW_hr = dHᵀ M as single gemms over all T*B rows, and db as one column sum.
+// neural networks on GPUs", on a CPU's few cores:
+//   one OpenMP region for the whole sequence; thread r owns a slice of the hidden units, packs
+//   its slice of the weights once (it stays in its core's cache from step to step), computes
+//   only its gate columns and their fused gate pass, and meets the others at one spinning
+//   barrier per step, after which every thread reads all of h (forward) or dZ (backward).
+//   forward   z_t = x_t W_ihᵀ + h_{t-1} W_hhᵀ per step on the thread's packed columns (the
+//             shared BLIS gemm); for B <= 4, where a step is bound by streaming W_hh from
+//             L2, X W_ihᵀ is one gemm for all steps and h W_hhᵀ dot products on rows of W_hh
+//             packed without a transpose; with a projection, h = m W_hrᵀ the same way.
+//   backward  per step only what the recurrence needs: dh_{t-1} = dZ_t W_hh on the thread's
+//             columns (W_hh read in place for B <= 4) and the fused elementwise pass, which
+//             also sums db; then dX = dZ W_ih, dW_ih = dZᵀ X, dW_hh = dZᵀ H_prev,
+//             dW_hr = dHᵀ M as gemms over all T*B rows, their rows shared by the threads.
 // Layout: time-major, C-contiguous; gates saved activated (i, f, g, o), c saved every step.
 // Lengths (or null): sequence b runs steps t < lengths[b]; past its end it keeps its state
 // and outputs 0, and its gradients pass through unchanged.
-// Deterministic: the gemm is (see gemm.cpp) and every other sum runs in a fixed order.
+// Deterministic: every output element is computed by the same operations in the same order
+// whatever the number of threads (the gemm's promise, see gemm.cpp, and fixed-order sums).
 #include "dlk.h"
 #include "kernels.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <memory>
 #include <new>
+#include <thread>
+#include <type_traits>
 #include <vector>
 
 #if defined(__AVX512F__) || defined(__AVX2__) || defined(__FMA__)
@@ -72,9 +80,27 @@ inline vec<T> vexp(vec<T> x) {
   }
 }
 
+// 1 / d for float lanes: the hardware estimate (14 bits with AVX-512, 12 with AVX2) and one
+// Newton step (r (2 - d r), ~1 ulp), a quarter of a vector division's cost on Zen 4 / Skylake.
+template <typename T>
+inline vec<T> vrecip(vec<T> d) {
+#if defined(__AVX512F__)
+  if constexpr (sizeof(T) == 4) {
+    const vec<T> r = (vec<T>)_mm512_maskz_rcp14_ps((__mmask16)0xFFFF, (__m512)d);
+    return r * (T(2) - d * r);
+  }
+#elif defined(__AVX2__)
+  if constexpr (sizeof(T) == 4) {
+    const vec<T> r = (vec<T>)_mm256_rcp_ps((__m256)d);
+    return r * (T(2) - d * r);
+  }
+#endif
+  return T(1) / d;
+}
+
 template <typename T>
 inline vec<T> vsigmoid(vec<T> x) {
-  return T(1) / (T(1) + vexp<T>(-x));
+  return vrecip<T>(T(1) + vexp<T>(-x));
 }
 
 // tanh(x) = 2 σ(2x) - 1 for float (absolute error ~1e-7); std::tanh per lane for double.
@@ -114,168 +140,285 @@ inline vec<T> vfma(vec<T> a, vec<T> b, vec<T> c) {  // a * b + c, fused where th
 #endif
 }
 
-// The per-step product C (M x N) (+)= A (M x K) @ B (K x N) with B fixed for the whole
-// sequence. Big M: B packed once for the shared BLIS gemm (gemm_pack_b / gemm_prepacked_b).
-// Small M (online forecasting, B <= SMALL_M rows): that gemm's 1-row micro-tile is bound by
-// FMA latency (two accumulator chains), so B is kept as a zero-padded row-major copy and each
-// row runs 8 vector accumulators side by side along N. Either way every C element sums over
-// k in order: deterministic.
+// ---- the recurrent products ---------------------------------------------------------------
+// Every step multiplies the B rows of h (or dZ) by a fixed slice of W_hh. Two ways, chosen by B
+// alone (so the result does not depend on the thread count), each summing every output over k
+// in one fixed order (deterministic):
+//  - B > SMALL_M: the slice packed once per call for the shared BLIS gemm (gemm_pack_b /
+//    gemm_prepacked_b), whose micro-tile reuses each loaded weight for 8 rows;
+//  - B <= SMALL_M (online forecasting): a weight is used by so few rows that the step is bound
+//    by streaming the slice from L2, and packing it would cost more than the whole sequence at
+//    small T; W_hh is read in place, row by row, by the dot and axpy kernels below.
 constexpr int64_t SMALL_M = 4;
 
 template <typename T>
-struct StepB {
-  int64_t K, N, ld;  // ld: N rounded up to the vector width (small path)
-  bool small;
+struct Packed {  // K x N, element (k, j) at B[k * rsb + j * csb], packed for gemm_prepacked_b
+  int64_t K, N;
   std::vector<T> buf;
-  StepB(int64_t M, int64_t K_, int64_t N_, const T* B, int64_t rsb, int64_t csb)
-      : K(K_), N(N_), ld((N_ + simd<T>::width - 1) / simd<T>::width * simd<T>::width), small(M <= SMALL_M) {
+  Packed(int64_t K_, int64_t N_, const T* B, int64_t rsb, int64_t csb) : K(K_), N(N_) {
     if (K <= 0 || N <= 0) return;
-    if (small) {
-      buf.assign((size_t)(K * ld), T(0));
-      // 16 x 16 tiles, so that a transposed B (rsb == 1) is read along its rows too
-      for (int64_t j0 = 0; j0 < N; j0 += 16)
-        for (int64_t k0 = 0; k0 < K; k0 += 16)
-          for (int64_t j = j0; j < std::min<int64_t>(N, j0 + 16); ++j)
-            for (int64_t k = k0; k < std::min<int64_t>(K, k0 + 16); ++k)
-              buf[(size_t)(k * ld + j)] = B[k * rsb + j * csb];
-    } else {
-      buf.resize((size_t)gemm_packed_b_size<T>(K, N));
-      gemm_pack_b<T>(K, N, B, rsb, csb, buf.data());
-    }
+    buf.resize((size_t)gemm_packed_b_size<T>(K, N));
+    gemm_pack_b<T>(K, N, B, rsb, csb, buf.data());
   }
-
-  template <int NV>
-  void chunk(const T* a, int64_t j0, T* c, bool accumulate) const {
-    constexpr int W = simd<T>::width;
-    vec<T> acc[NV];
-    for (int v = 0; v < NV; ++v) acc[v] = vec<T>{};
-    const T* b = buf.data() + j0;
-    for (int64_t k = 0; k < K; ++k) {
-      const vec<T> av = vec<T>{} + a[k];
-#pragma GCC unroll 8
-      for (int v = 0; v < NV; ++v) acc[v] = vfma<T>(av, vload(b + k * ld + v * W), acc[v]);
-    }
-    for (int v = 0; v < NV; ++v) {
-      const int64_t j = j0 + (int64_t)v * W;
-      const int n = (int)std::min<int64_t>(W, N - j);
-      vec<T> r = accumulate ? (n == W ? vload(c + j) : vload_n(c + j, n)) + acc[v] : acc[v];
-      if (n == W) vstore(c + j, r);
-      else vstore_n(c + j, r, n);
-    }
-  }
-
-  void mul(int64_t M, const T* A, int64_t lda, T* C, int64_t ldc, bool accumulate,
-           bool parallel = true) const {
+  // C (M x N, row stride ldc) (+)= A (M x K, row stride lda) @ B, on the calling thread
+  void mul(int64_t M, const T* A, int64_t lda, T* C, int64_t ldc, bool accumulate = false) const {
     if (M <= 0 || N <= 0) return;
     if (K <= 0) {
       if (!accumulate)
         for (int64_t i = 0; i < M; ++i) std::memset(C + i * ldc, 0, (size_t)N * sizeof(T));
       return;
     }
-    if (!small || M > SMALL_M) {
-      gemm_prepacked_b<T>(M, N, K, A, lda, 1, buf.data(), C, ldc, accumulate, parallel);
-      return;
-    }
-    constexpr int W = simd<T>::width;
-    const int64_t nvec = ld / W;
-    for (int64_t i = 0; i < M; ++i) {
-      int64_t v0 = 0;
-      for (; v0 + 8 <= nvec; v0 += 8) chunk<8>(A + i * lda, v0 * W, C + i * ldc, accumulate);
-      switch (nvec - v0) {
-        case 7: chunk<7>(A + i * lda, v0 * W, C + i * ldc, accumulate); break;
-        case 6: chunk<6>(A + i * lda, v0 * W, C + i * ldc, accumulate); break;
-        case 5: chunk<5>(A + i * lda, v0 * W, C + i * ldc, accumulate); break;
-        case 4: chunk<4>(A + i * lda, v0 * W, C + i * ldc, accumulate); break;
-        case 3: chunk<3>(A + i * lda, v0 * W, C + i * ldc, accumulate); break;
-        case 2: chunk<2>(A + i * lda, v0 * W, C + i * ldc, accumulate); break;
-        case 1: chunk<1>(A + i * lda, v0 * W, C + i * ldc, accumulate); break;
-        default: break;
-      }
-    }
+    gemm_prepacked_b<T>(M, N, K, A, lda, 1, buf.data(), C, ldc, accumulate, false);
   }
 };
+
+// The lanes of W accumulators summed, out[r] = Σ lanes of v[r]: pairs of vectors folded, each
+// keeping the sum of its halves, until one vector holds every sum in row order (a 16 x 16
+// transpose-and-add in 15 shuffle pairs for AVX-512 floats, rather than 16 horizontal sums).
+template <typename T>
+struct lane_index {  // shuffle masks: integers of T's size, one per lane
+  using I = typename std::conditional<sizeof(T) == 4, int32_t, int64_t>::type;
+  typedef I type __attribute__((vector_size(VBYTES)));
+};
+
+template <typename T, int N>  // N vectors left, each holding blocks of N lanes per row
+inline void fold_sums(vec<T>* v) {
+  constexpr int W = simd<T>::width;
+  if constexpr (N > 1) {
+    typename lane_index<T>::type lo, hi;  // in each N-lane block: [x's first half | y's first half], then the second halves
+    for (int l = 0; l < W; ++l) {
+      const int k = l / N * N, i = l % N;
+      lo[l] = i < N / 2 ? k + i : W + k + i - N / 2;
+      hi[l] = i < N / 2 ? k + i + N / 2 : W + k + i;
+    }
+    for (int r = 0; r < N / 2; ++r)
+      v[r] = __builtin_shuffle(v[r], v[r + N / 2], lo) + __builtin_shuffle(v[r], v[r + N / 2], hi);
+    fold_sums<T, N / 2>(v);
+  }
+}
+
+// n rows of length K (a product by their transpose: C[b][i] = A_b · row i), packed for one
+// stream of loads: groups of W rows, each group as K/W blocks holding the same W columns of its
+// W rows, zero-padded to whole groups and blocks. A copy of whole vectors, no transpose.
+template <typename T>
+struct DotPacked {
+  static constexpr int W = simd<T>::width;
+  int64_t n, K, kv;  // kv: vectors per row
+  std::vector<T> buf;
+  template <typename RowFn>  // row(i): the start of row i
+  DotPacked(int64_t n_, int64_t K_, RowFn row) : n(n_), K(K_), kv((K_ + W - 1) / W) {
+    const int64_t groups = (n + W - 1) / W;
+    buf.resize((size_t)std::max<int64_t>(groups * kv * W * W, 1));
+    const int64_t full = K / W;
+    for (int64_t i = 0; i < groups * W; ++i) {
+      T* dst = buf.data() + ((i / W) * kv * W + i % W) * W;
+      if (i >= n) {  // padding rows
+        for (int64_t v = 0; v < kv; ++v) vstore(dst + v * W * W, vec<T>{});
+        continue;
+      }
+      const T* src = row(i);
+      for (int64_t v = 0; v < full; ++v) vstore(dst + v * W * W, vload(src + v * W));
+      if (full < kv) vstore(dst + full * W * W, vload_n(src + full * W, (int)(K - full * W)));
+    }
+  }
+  // C (M x n, row stride ldc) = A (M x K, row stride lda) · rowsᵀ
+  void mul(int64_t M, const T* A, int64_t lda, T* C, int64_t ldc) const {
+    for (int64_t b = 0; b < M; ++b)
+      for (int64_t g = 0; g * W < n; ++g) {
+        const T* a = A + b * lda;
+        const T* w = buf.data() + g * kv * W * W;
+        vec<T> acc[W];
+        for (int r = 0; r < W; ++r) acc[r] = vec<T>{};
+        int64_t v = 0;
+        for (; (v + 1) * W <= K; ++v, w += W * W) {
+          const vec<T> av = vload(a + v * W);
+#pragma GCC unroll 16
+          for (int r = 0; r < W; ++r) acc[r] = vfma<T>(av, vload(w + r * W), acc[r]);
+        }
+        if (v < kv) {  // the last, partial vector of A (the packed rows are zero past K)
+          const vec<T> av = vload_n(a + v * W, (int)(K - v * W));
+          for (int r = 0; r < W; ++r) acc[r] = vfma<T>(av, vload(w + r * W), acc[r]);
+        }
+        fold_sums<T, W>(acc);
+        const int m = (int)std::min<int64_t>(W, n - g * W);
+        if (m == W) vstore(C + b * ldc + g * W, acc[0]);
+        else vstore_n(C + b * ldc + g * W, acc[0], m);
+      }
+  }
+};
+
+// c[0, n) = Σ_k a[k] R[k, 0:n) for (NV - 1) W < n <= NV W columns, R's rows ldr apart; the
+// last vector may be partial. The even and odd k run in two sets of accumulators, added at the
+// end: twice the FMA chains in flight when NV is small.
+template <typename T, int NV>
+inline void axpy_rows(int64_t n, int64_t K, const T* R, int64_t ldr, const T* a, T* c) {
+  constexpr int W = simd<T>::width;
+  const int last = (int)(n - (NV - 1) * W);  // columns in the last vector, 1..W
+  vec<T> acc[2][NV];
+  for (int v = 0; v < NV; ++v) acc[0][v] = acc[1][v] = vec<T>{};
+  auto row = [&](int e, int64_t k) {
+    const vec<T> av = vbroadcast<T>(a[k]);
+    const T* rk = R + k * ldr;
+#pragma GCC unroll 8
+    for (int v = 0; v < NV - 1; ++v) acc[e][v] = vfma<T>(av, vload(rk + v * W), acc[e][v]);
+    const vec<T> wl = last == W ? vload(rk + (NV - 1) * W) : vload_n(rk + (NV - 1) * W, last);
+    acc[e][NV - 1] = vfma<T>(av, wl, acc[e][NV - 1]);
+  };
+  int64_t k = 0;
+  for (; k + 2 <= K; k += 2) {
+    row(0, k);
+    row(1, k + 1);
+  }
+  if (k < K) row(0, k);
+  for (int v = 0; v < NV; ++v) acc[0][v] += acc[1][v];
+  for (int v = 0; v < NV - 1; ++v) vstore(c + v * W, acc[0][v]);
+  if (last == W) vstore(c + (NV - 1) * W, acc[0][NV - 1]);
+  else vstore_n(c + (NV - 1) * W, acc[0][NV - 1], last);
+}
+
+// C[b][0, n) = Σ_k A_b[k] R[k, 0:n) for B rows of A (stride lda), K rows of R (stride ldr):
+// a product by R, read in place.
+template <typename T>
+void axpy_many(int64_t B, int64_t K, int64_t n, const T* R, int64_t ldr, const T* A, int64_t lda,
+               T* C, int64_t ldc) {
+  constexpr int W = simd<T>::width, NV = 8;
+  for (int64_t b = 0; b < B; ++b) {
+    const T* a = A + b * lda;
+    T* c = C + b * ldc;
+    int64_t j = 0;
+    for (; j + NV * W <= n; j += NV * W) axpy_rows<T, NV>(NV * W, K, R + j, ldr, a, c + j);
+    switch ((n - j + W - 1) / W) {  // the remaining vectors
+      case 7: axpy_rows<T, 7>(n - j, K, R + j, ldr, a, c + j); break;
+      case 6: axpy_rows<T, 6>(n - j, K, R + j, ldr, a, c + j); break;
+      case 5: axpy_rows<T, 5>(n - j, K, R + j, ldr, a, c + j); break;
+      case 4: axpy_rows<T, 4>(n - j, K, R + j, ldr, a, c + j); break;
+      case 3: axpy_rows<T, 3>(n - j, K, R + j, ldr, a, c + j); break;
+      case 2: axpy_rows<T, 2>(n - j, K, R + j, ldr, a, c + j); break;
+      case 1: axpy_rows<T, 1>(n - j, K, R + j, ldr, a, c + j); break;
+      default: break;
+    }
+  }
+}
 
 inline bool running(const int64_t* lengths, int64_t t, int64_t b) {
   return lengths == nullptr || t < lengths[b];
 }
 
-// One time step's work on batch rows [b0, b1): fn(b0, b1, parallel_inside). With at least
-// ROWS_PER_THREAD rows per thread the batch is split across the threads and each runs its
-// rows' gemm and gate pass back to back, serially: one fork/join per step instead of one for
-// the gemm and one for the gates. Rows are independent and the gemm's result does not depend
-// on how M is split, so the result does not depend on the thread count.
-constexpr int64_t ROWS_PER_THREAD = 16;
+// ---- the threads of one call --------------------------------------------------------------
+// One OpenMP region runs the whole sequence. Thread r owns a slice of the hidden units (and of
+// the P outputs): it computes the step's products only for the gate columns of its units,
+// with its own packed slice of the weights (which stays in its core's cache), runs
+// the gate pass on those units, and meets the others at one barrier per step, after which
+// every thread reads all of h (forward) or of dZ (backward). Splitting the columns rather than
+// the batch rows keeps every thread busy at B = 1 and halves the weights each core streams.
+// Each output element is computed by the same operations whatever the split: the result does
+// not depend on the thread count.
+struct Slice {
+  int64_t j0, j1;
+  int64_t size() const { return j1 - j0; }
+};
 
-template <typename F>
-inline void step_rows(int64_t B, F fn) {
-  const int64_t nt = in_parallel() ? 1 : std::min<int64_t>(max_threads(), B / ROWS_PER_THREAD);
-  if (nt <= 1) {
-    fn(int64_t(0), B, true);
-    return;
-  }
-#pragma omp parallel num_threads((int)nt)
-  {
-#ifdef _OPENMP
-    const int64_t n = omp_get_num_threads();
-#else
-    const int64_t n = 1;
-#endif
-    const int64_t r = thread_id();
-    const int64_t b0 = B * r / n, b1 = B * (r + 1) / n;
-    fn(b0, b1, false);
-  }
+// Thread r's share of n elements out of nt, in whole vectors of W.
+inline Slice slice_of(int64_t n, int64_t W, int r, int nt) {
+  const int64_t nv = (n + W - 1) / W;
+  return {std::min<int64_t>(n, nv * r / nt * W), std::min<int64_t>(n, nv * (r + 1) / nt * W)};
 }
 
-// ---- forward: one step's elementwise work, row b --------------------------------------------
-// z (4H) holds x W_ihᵀ + h W_hhᵀ; activates it in place (+ bias); c (H) is c_{t-1} in and c_t
-// out when running; m (H) gets o * tanh(c_t).
-template <typename T>
-void gates_forward_row(int64_t H, T* z, const T* bias, T* c, T* m, bool run) {
-  constexpr int W = simd<T>::width;
-  for (int64_t j = 0; j < H; j += W) {
-    const int n = (int)std::min<int64_t>(W, H - j);
-    auto ld = [&](const T* p) { return n == W ? vload(p) : vload_n(p, n); };
-    auto st = [&](T* p, vec<T> v) {
-      if (n == W) vstore(p, v);
-      else vstore_n(p, v, n);
-    };
-    vec<T> zi = ld(z + j), zf = ld(z + H + j), zg = ld(z + 2 * H + j), zo = ld(z + 3 * H + j);
-    if (bias) {
-      zi += ld(bias + j);
-      zf += ld(bias + H + j);
-      zg += ld(bias + 2 * H + j);
-      zo += ld(bias + 3 * H + j);
+// Threads for a sequence whose every step multiplies B x K by K x N: one per slice of the
+// hidden units, and one in all when a step is too small to pay for a barrier.
+inline int threads_for_steps(int64_t B, int64_t K, int64_t N, int64_t H, int W) {
+  if (in_parallel() || B * K * N < (int64_t(1) << 14)) return 1;
+  return (int)std::min<int64_t>(max_threads(), (H + W - 1) / W);
+}
+
+inline int num_threads_here() {
+#ifdef _OPENMP
+  return omp_get_num_threads();
+#else
+  return 1;
+#endif
+}
+
+// The barrier between steps: a counter and a phase on the caller's stack, spun on, since a step
+// can be a microsecond and OpenMP's barrier costs a good part of that. After a while of
+// spinning a thread yields its core, in case the machine has more threads than cores.
+struct StepBarrier {
+  int n = 1;  // threads in the region
+  std::atomic<int> arrived{0}, phase{0};
+  void wait() {
+    if (n <= 1) return;
+    const int ph = phase.load(std::memory_order_acquire);
+    if (arrived.fetch_add(1, std::memory_order_acq_rel) == n - 1) {
+      arrived.store(0, std::memory_order_relaxed);
+      phase.store(ph + 1, std::memory_order_release);
+      return;
     }
-    vec<T> i = vsigmoid<T>(zi), f = vsigmoid<T>(zf), g = vtanh<T>(zg), o = vsigmoid<T>(zo);
-    vec<T> cn = f * ld(c + j) + i * g;
+    for (int spin = 0; phase.load(std::memory_order_acquire) == ph; ++spin) {
+      if (spin < (1 << 14)) pause();
+      else std::this_thread::yield();
+    }
+  }
+  static void pause() {
+#if defined(__SSE2__)
+    _mm_pause();
+#endif
+  }
+};
+
+// ---- forward: one step's elementwise work, row b, hidden units [j0, j0 + n) -----------------
+// z: the gates array at unit j0 (gate q at z + q * H), holding x W_ihᵀ when zin (else not
+// read), replaced by the activated gates; zr: the recurrent product h W_hhᵀ for the same units
+// (gate q at zr + q * n), plus x W_ihᵀ when not zin;
+// bias (4H) at unit j0 or null; cprev: c_{t-1}; c gets c_t (c_{t-1} when not running); m gets
+// o * tanh(c_t).
+template <typename T>
+void gates_forward(int64_t n, int64_t H, T* z, bool zin, const T* zr, const T* bias,
+                   const T* cprev, T* c, T* m, bool run) {
+  constexpr int W = simd<T>::width;
+  for (int64_t j = 0; j < n; j += W) {
+    const int w = (int)std::min<int64_t>(W, n - j);
+    auto ld = [&](const T* p) { return w == W ? vload(p) : vload_n(p, w); };
+    auto st = [&](T* p, vec<T> v) {
+      if (w == W) vstore(p, v);
+      else vstore_n(p, v, w);
+    };
+    vec<T> zq[4];
+    for (int q = 0; q < 4; ++q) {
+      zq[q] = zin ? ld(z + q * H + j) + ld(zr + q * n + j) : ld(zr + q * n + j);
+      if (bias) zq[q] += ld(bias + q * H + j);
+    }
+    vec<T> i = vsigmoid<T>(zq[0]), f = vsigmoid<T>(zq[1]), g = vtanh<T>(zq[2]), o = vsigmoid<T>(zq[3]);
+    const vec<T> cp = ld(cprev + j);
+    const vec<T> cn = f * cp + i * g;
     st(z + j, i);
     st(z + H + j, f);
     st(z + 2 * H + j, g);
     st(z + 3 * H + j, o);
     st(m + j, o * vtanh<T>(cn));
-    if (run) st(c + j, cn);
+    st(c + j, run ? cn : cp);
   }
 }
 
-// ---- backward: one step's elementwise work, row b -----------------------------------------
-// gates (4H) activated; c_t, c_prev (H); dm (H) the gradient of m = o tanh(c_t); dc (H) the
-// gradient of c_t from later steps, replaced by that of c_{t-1}; dz (4H) out; m (H) out
-// (o tanh(c_t), for dW_hr) when non-null. A row that is not running gets dz = 0.
+// ---- backward: one step's elementwise work, row b, hidden units [j0, j0 + n) ----------------
+// gates: activated, at unit j0 (gate q at + q * H); ct, cprev, dm, dc at unit j0: dm the
+// gradient of m = o tanh(c_t), dc that of c_t from later steps, replaced by that of c_{t-1};
+// dz out (like gates); m out (o tanh(c_t), for dW_hr) when non-null. A row that is not
+// running gets dz = 0.
 template <typename T>
-void gates_backward_row(int64_t H, const T* gates, const T* ct, const T* cprev, const T* dm, T* dc,
-                        T* dz, T* m, bool run) {
+void gates_backward(int64_t n, int64_t H, const T* gates, const T* ct, const T* cprev, const T* dm,
+                    T* dc, T* dz, T* m, bool run) {
   constexpr int W = simd<T>::width;
   if (!run) {
-    std::memset(dz, 0, (size_t)(4 * H) * sizeof(T));
-    if (m) std::memset(m, 0, (size_t)H * sizeof(T));
+    for (int q = 0; q < 4; ++q) std::memset(dz + q * H, 0, (size_t)n * sizeof(T));
+    if (m) std::memset(m, 0, (size_t)n * sizeof(T));
     return;
   }
-  for (int64_t j = 0; j < H; j += W) {
-    const int n = (int)std::min<int64_t>(W, H - j);
-    auto ld = [&](const T* p) { return n == W ? vload(p) : vload_n(p, n); };
+  for (int64_t j = 0; j < n; j += W) {
+    const int w = (int)std::min<int64_t>(W, n - j);
+    auto ld = [&](const T* p) { return w == W ? vload(p) : vload_n(p, w); };
     auto st = [&](T* p, vec<T> v) {
-      if (n == W) vstore(p, v);
-      else vstore_n(p, v, n);
+      if (w == W) vstore(p, v);
+      else vstore_n(p, v, w);
     };
     vec<T> i = ld(gates + j), f = ld(gates + H + j), g = ld(gates + 2 * H + j),
            o = ld(gates + 3 * H + j);
@@ -291,51 +434,121 @@ void gates_backward_row(int64_t H, const T* gates, const T* ct, const T* cprev, 
   }
 }
 
+// The rows of a gate weight w (4H x K: W_ih or W_hh) for hidden units s of all four gates,
+// gathered (4 |s| x K): the columns of wᵀ that one thread's products need, gate q's at q |s|.
+template <typename T>
+std::vector<T> gather_gate_rows(const T* w, int64_t H, int64_t K, Slice s) {
+  std::vector<T> g((size_t)std::max<int64_t>(4 * s.size() * K, 1));
+  for (int q = 0; q < 4; ++q)
+    std::memcpy(g.data() + q * s.size() * K, w + (q * H + s.j0) * K, (size_t)(s.size() * K) * sizeof(T));
+  return g;
+}
+
 }  // namespace
 
 template <typename T>
 void lstm_forward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const T* x, const T* h0,
                   const T* c0, const T* w_ih, const T* w_hh, const T* bias, const T* w_hr,
                   const int64_t* lengths, T* y, T* h_n, T* c_n, T* gates, T* cs) {
+  constexpr int W = simd<T>::width;
   const int64_t G = 4 * H;
   std::memcpy(h_n, h0, (size_t)(B * P) * sizeof(T));
   std::memcpy(c_n, c0, (size_t)(B * H) * sizeof(T));
   if (Tn <= 0 || B <= 0) return;
-  // Z = X W_ihᵀ for every step at once, into the gates array
-  gemm<T>(Tn * B, G, I, x, I, 1, w_ih, 1, I, gates, G, false, true);
-  // W_hhᵀ (P x 4H) and W_hrᵀ (H x P) packed once
-  const StepB<T> pk_hh(B, P, G, w_hh, 1, P);
   const bool proj = w_hr != nullptr;
-  const StepB<T> pk_hr(B, proj ? H : 0, proj ? P : 0, w_hr, 1, H);
-  Workspace<T> m(B * H), hp(proj ? B * P : 0);
+  // Without lengths h_t is y_t: the steps read h from y. With lengths a finished sequence
+  // keeps its h while its y is 0, so h lives in hbuf, double-buffered (a thread writes its
+  // slice of h_t while another may still read h_{t-1}). m = o tanh(c) of all units is shared
+  // with a projection; c_t is written straight into cs.
+  Workspace<T> hbuf(lengths ? 2 * B * P : 0), mall(proj ? B * H : 0);
+  if (lengths) std::memcpy(hbuf.data(), h0, (size_t)(B * P) * sizeof(T));
+  const int nt = threads_for_steps(B, P, G, H, W);
+  const bool small = B <= SMALL_M;
+  // x W_ihᵀ: for B <= SMALL_M, for every step at once (Z, into the gates array), here on all
+  // threads when the steps run on one, else in the region, each thread a share of the rows.
+  // Bigger B: step by step, each thread its gate columns just before their gate pass, so that
+  // they are read from cache rather than from a Z too big for it.
+  if (small && nt == 1) gemm<T>(Tn * B, G, I, x, I, 1, w_ih, 1, I, gates, G, false, true);
 
-  for (int64_t t = 0; t < Tn; ++t) {
-    T* z = gates + t * B * G;
-    T* yt = y + t * B * P;
-    // without a projection m is h: write it straight into y_t
-    T* mt = proj ? m.data() : yt;
-    step_rows(B, [&](int64_t b0, int64_t b1, bool par) {
-      pk_hh.mul(b1 - b0, h_n + b0 * P, P, z + b0 * G, G, true, par);
-      for (int64_t b = b0; b < b1; ++b) {
-        gates_forward_row<T>(H, z + b * G, bias, c_n + b * H, mt + b * H, running(lengths, t, b));
-        std::memcpy(cs + (t * B + b) * H, c_n + b * H, (size_t)H * sizeof(T));
-      }
-    });
-    const T* hnew = mt;
-    if (proj) {
-      pk_hr.mul(B, m.data(), H, hp.data(), P, false);
-      hnew = hp.data();
+  StepBarrier bar;
+#pragma omp parallel num_threads(nt)
+  {
+    const int n = num_threads_here(), r = thread_id();
+#pragma omp single
+    bar.n = n;  // (the single's closing barrier publishes it)
+    const Slice s = slice_of(H, W, r, n);           // hidden units (c, gates)
+    const Slice ps = proj ? slice_of(P, W, r, n) : s;  // outputs (h, y)
+    const int64_t hs = s.size();
+    if (small && nt > 1) {
+      const int64_t i0 = Tn * B * r / n, i1 = Tn * B * (r + 1) / n;
+      gemm<T>(i1 - i0, G, I, x + i0 * I, I, 1, w_ih, 1, I, gates + i0 * G, G, false, false);
     }
-    for (int64_t b = 0; b < B; ++b) {
-      T* yb = yt + b * P;
-      if (running(lengths, t, b)) {
-        if (hnew != yt) std::memcpy(yb, hnew + b * P, (size_t)P * sizeof(T));
-        std::memcpy(h_n + b * P, yb, (size_t)P * sizeof(T));
+    // packed (B > SMALL_M): W_ihᵀ and W_hhᵀ restricted to this thread's gate columns (I x 4hs,
+    // P x 4hs), W_hrᵀ to its outputs (H x ps)
+    const std::vector<T> wgi = small ? std::vector<T>() : gather_gate_rows(w_ih, H, I, s);
+    const std::vector<T> wg = small ? std::vector<T>() : gather_gate_rows(w_hh, H, P, s);
+    const Packed<T> pk_ih(small ? 0 : I, 4 * hs, wgi.data(), 1, I);
+    const Packed<T> pk_hh(small ? 0 : P, 4 * hs, wg.data(), 1, P);
+    const Packed<T> pk_hr(small || !proj ? 0 : H, ps.size(), proj ? w_hr + ps.j0 * H : nullptr, 1, H);
+    // row-packed (B <= SMALL_M): the same rows of W_hh and W_hr, for dot products
+    auto gate_row = [&](int64_t i) { return w_hh + ((i / hs) * H + s.j0 + i % hs) * P; };
+    auto proj_row = [&](int64_t i) { return w_hr + (ps.j0 + i) * H; };
+    const DotPacked<T> dp_hh(small ? 4 * hs : 0, P, gate_row);
+    const DotPacked<T> dp_hr(small && proj ? ps.size() : 0, H, proj_row);
+    Workspace<T> zr(B * 4 * hs), mown(proj || !lengths ? 0 : B * hs), hp(proj && lengths ? B * ps.size() : 0);
+    bar.wait();  // Z complete (and every thread's weights packed)
+
+    for (int64_t t = 0; t < Tn; ++t) {
+      T* yt = y + t * B * P;
+      const T* hprev = lengths ? hbuf.data() + (t % 2) * B * P : t > 0 ? yt - B * P : h0;
+      T* z = gates + t * B * G;
+      if (small) {
+        dp_hh.mul(B, hprev, P, zr.data(), 4 * hs);
       } else {
-        std::memset(yb, 0, (size_t)P * sizeof(T));
+        pk_ih.mul(B, x + t * B * I, I, zr.data(), 4 * hs);
+        pk_hh.mul(B, hprev, P, zr.data(), 4 * hs, true);
       }
+      // m for this thread's units: y_t itself (no projection, no lengths), else its own
+      // buffer, or the shared one the projection reads
+      T* m = proj ? mall.data() + s.j0 : lengths ? mown.data() : yt + s.j0;
+      const int64_t ldm = proj ? H : lengths ? hs : P;
+      const T* cprev = t > 0 ? cs + (t - 1) * B * H : c0;
+      for (int64_t b = 0; b < B; ++b)
+        gates_forward<T>(hs, H, z + b * G + s.j0, small, zr.data() + b * 4 * hs, bias ? bias + s.j0 : nullptr,
+                         cprev + b * H + s.j0, cs + (t * B + b) * H + s.j0, m + b * ldm,
+                         running(lengths, t, b));
+      const T* hnew = m;  // this thread's outputs, row stride ldh
+      int64_t ldh = ldm;
+      if (proj) {
+        bar.wait();  // the projection reads all of m
+        T* out = lengths ? hp.data() : yt + ps.j0;
+        const int64_t ldo = lengths ? ps.size() : P;
+        if (small) dp_hr.mul(B, mall.data(), H, out, ldo);
+        else pk_hr.mul(B, mall.data(), H, out, ldo);
+        hnew = out;
+        ldh = ldo;
+      }
+      if (lengths) {
+        T* hnext = hbuf.data() + ((t + 1) % 2) * B * P;
+        for (int64_t b = 0; b < B; ++b) {
+          T* yb = yt + b * P + ps.j0;
+          T* hb = hnext + b * P + ps.j0;
+          const size_t bytes = (size_t)ps.size() * sizeof(T);
+          if (running(lengths, t, b)) {
+            std::memcpy(yb, hnew + b * ldh, bytes);
+            std::memcpy(hb, hnew + b * ldh, bytes);
+          } else {
+            std::memset(yb, 0, bytes);
+            std::memcpy(hb, hprev + b * P + ps.j0, bytes);
+          }
+        }
+      }
+      bar.wait();  // h_t complete before any thread's next product reads it
     }
   }
+  const T* hlast = lengths ? hbuf.data() + (Tn % 2) * B * P : y + (Tn - 1) * B * P;
+  std::memcpy(h_n, hlast, (size_t)(B * P) * sizeof(T));
+  std::memcpy(c_n, cs + (Tn - 1) * B * H, (size_t)(B * H) * sizeof(T));
 }
 
 template <typename T>
@@ -344,61 +557,101 @@ void lstm_backward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const
                    const T* w_ih, const T* w_hh, const T* w_hr, const int64_t* lengths,
                    const T* gates, const T* cs, const T* y, T* dx, T* dh0, T* dc0, T* dw_ih,
                    T* dw_hh, T* db, T* dw_hr) {
+  constexpr int W = simd<T>::width;
   const int64_t G = 4 * H;
   const bool proj = w_hr != nullptr;
-  std::memcpy(dh0, dh_n, (size_t)(B * P) * sizeof(T));  // dh0/dc0 carry the gradient of the state
+  // dh0 / dc0 carry the gradient of the state from step to step, each thread its own slice
+  std::memcpy(dh0, dh_n, (size_t)(B * P) * sizeof(T));
   std::memcpy(dc0, dc_n, (size_t)(B * H) * sizeof(T));
   const int64_t TB = Tn * B;
   Workspace<T> dz(TB * G);
   // dh of every step (kept for dW_hr with a projection; one step's worth otherwise)
   Workspace<T> dht(proj ? TB * P : B * P);
-  Workspace<T> mall(proj ? TB * H : 0), dm(proj ? B * H : 0), dhp(B * P);
-  const StepB<T> pk_hh(B, TB > 0 ? G : 0, P, w_hh, P, 1);  // W_hh (4H x P), packed once
-  const StepB<T> pk_hr(B, proj && TB > 0 ? P : 0, H, w_hr, H, 1);  // W_hr (P x H)
+  Workspace<T> mall(proj ? TB * H : 0), dm(proj ? B * H : 0);
+  const int nt = TB > 0 ? threads_for_steps(B, G, P, H, W) : 1;
+  const bool small = B <= SMALL_M;
+  // dX and the weight gradients from all of dZ, thread r of n taking a share of the rows of
+  // each (every element is computed alike whatever the share); parallel: n == 1 and the gemms
+  // may use every thread themselves
+  auto weight_grads = [&](int r, int n, bool parallel) {
+    auto rows = [&](int64_t m) { return Slice{m * r / n, m * (r + 1) / n}; };
+    const Slice sx = rows(TB), sg = rows(G), sp = rows(P);
+    const T* dzg = dz.data() + sg.j0;  // dZᵀ's rows sg: dZ's columns
+    gemm<T>(sx.size(), I, G, dz.data() + sx.j0 * G, G, 1, w_ih, I, 1, dx + sx.j0 * I, I, false,
+            parallel);                                                                // dX = dZ W_ih
+    gemm<T>(sg.size(), I, TB, dzg, 1, G, x, I, 1, dw_ih + sg.j0 * I, I, false, parallel);  // dZᵀ X
+    gemm<T>(sg.size(), P, std::min<int64_t>(B, TB), dzg, 1, G, h0, P, 1, dw_hh + sg.j0 * P, P,
+            false, parallel);                                                         // dW_hh =
+    if (Tn > 1)                                                                       // dZᵀ H_prev
+      gemm<T>(sg.size(), P, TB - B, dzg + B * G, 1, G, y, P, 1, dw_hh + sg.j0 * P, P, true, parallel);
+    if (proj)
+      gemm<T>(sp.size(), H, TB, dht.data() + sp.j0, 1, P, mall.data(), H, 1, dw_hr + sp.j0 * H, H,
+              false, parallel);                                                       // dW_hr = dHᵀ M
+  };
 
-  for (int64_t t = Tn - 1; t >= 0; --t) {
-    T* dzt = dz.data() + t * B * G;
-    T* dh = proj ? dht.data() + t * B * P : dht.data();
-    for (int64_t b = 0; b < B; ++b) {
-      const bool run = running(lengths, t, b);
-      for (int64_t k = 0; k < P; ++k)
-        dh[b * P + k] = run ? dy[(t * B + b) * P + k] + dh0[b * P + k] : T(0);
-    }
-    const T* dmt = dh;
-    if (proj) {
-      pk_hr.mul(B, dh, P, dm.data(), H, false);
-      dmt = dm.data();
-    }
-    const T* cprev = t > 0 ? cs + (t - 1) * B * H : c0;
-    T* mt = proj ? mall.data() + t * B * H : nullptr;
-    step_rows(B, [&](int64_t b0, int64_t b1, bool par) {
-      for (int64_t b = b0; b < b1; ++b)
-        gates_backward_row<T>(H, gates + (t * B + b) * G, cs + (t * B + b) * H, cprev + b * H,
-                              dmt + b * H, dc0 + b * H, dzt + b * G, mt ? mt + b * H : nullptr,
-                              running(lengths, t, b));
-      if (lengths == nullptr) {
-        pk_hh.mul(b1 - b0, dzt + b0 * G, G, dh0 + b0 * P, P, false, par);
-      } else {
-        pk_hh.mul(b1 - b0, dzt + b0 * G, G, dhp.data() + b0 * P, P, false, par);
-        for (int64_t b = b0; b < b1; ++b)
-          if (running(lengths, t, b))
-            std::memcpy(dh0 + b * P, dhp.data() + b * P, (size_t)P * sizeof(T));
+  StepBarrier bar;
+#pragma omp parallel num_threads(nt)
+  {
+    const int n = num_threads_here(), r = thread_id();
+#pragma omp single
+    bar.n = n;  // (the single's closing barrier publishes it)
+    const Slice s = slice_of(H, W, r, n);              // hidden units (c, gates, dZ columns)
+    const Slice ps = proj ? slice_of(P, W, r, n) : s;  // outputs (h)
+    const int64_t hs = s.size();
+    // packed (B > SMALL_M): W_hh's columns for this thread's outputs (4H x ps), W_hr's for its
+    // units (P x hs)
+    const Packed<T> pk_hh(small ? 0 : G, ps.size(), w_hh + ps.j0, P, 1);
+    const Packed<T> pk_hr(small || !proj ? 0 : P, hs, proj ? w_hr + s.j0 : nullptr, H, 1);
+    Workspace<T> dhp(lengths ? B * ps.size() : 0);
+    // db = column sums of dZ, summed here while dZ_t is in cache: each thread its units'
+    // columns, steps from last to first, rows in order (deterministic)
+    for (int q = 0; q < 4; ++q) std::memset(db + q * H + s.j0, 0, (size_t)hs * sizeof(T));
+
+    for (int64_t t = Tn - 1; t >= 0; --t) {
+      T* dzt = dz.data() + t * B * G;
+      T* dh = proj ? dht.data() + t * B * P : dht.data();
+      for (int64_t b = 0; b < B; ++b) {
+        const bool run = running(lengths, t, b);
+        for (int64_t k = ps.j0; k < ps.j1; ++k)
+          dh[b * P + k] = run ? dy[(t * B + b) * P + k] + dh0[b * P + k] : T(0);
       }
-    });
+      const T* dmt = dh;  // the gradient of m, row stride ldm
+      int64_t ldm = P;
+      if (proj) {
+        bar.wait();  // dM = dH W_hr reads all of dh
+        if (small) axpy_many<T>(B, P, hs, w_hr + s.j0, H, dh, P, dm.data() + s.j0, H);
+        else pk_hr.mul(B, dh, P, dm.data() + s.j0, H);
+        dmt = dm.data();
+        ldm = H;
+      }
+      const T* cprev = t > 0 ? cs + (t - 1) * B * H : c0;
+      for (int64_t b = 0; b < B; ++b) {
+        const int64_t o = (t * B + b) * H + s.j0;
+        gates_backward<T>(hs, H, gates + (t * B + b) * G + s.j0, cs + o, cprev + b * H + s.j0,
+                          dmt + b * ldm + s.j0, dc0 + b * H + s.j0, dzt + b * G + s.j0,
+                          proj ? mall.data() + o : nullptr, running(lengths, t, b));
+        for (int q = 0; q < 4; ++q) {
+          T* d = db + q * H + s.j0;
+          const T* zq = dzt + b * G + q * H + s.j0;
+          for (int64_t j = 0; j < hs; ++j) d[j] += zq[j];
+        }
+      }
+      bar.wait();  // dZ_t complete before any thread's product reads it
+      // dh_{t-1} = dZ_t W_hh, this thread's outputs; a row that is not running keeps its dh
+      T* out = lengths ? dhp.data() : dh0 + ps.j0;
+      const int64_t ldo = lengths ? ps.size() : P;
+      if (small) axpy_many<T>(B, G, ps.size(), w_hh + ps.j0, P, dzt, G, out, ldo);
+      else pk_hh.mul(B, dzt, G, out, ldo);
+      if (lengths) {
+        for (int64_t b = 0; b < B; ++b)
+          if (running(lengths, t, b))
+            std::memcpy(dh0 + b * P + ps.j0, dhp.data() + b * ps.size(), (size_t)ps.size() * sizeof(T));
+      }
+    }
+    // every step's dZ is complete: the last step's barrier came after its gate pass
+    if (nt > 1) weight_grads(r, n, false);
   }
-  // the weight gradients and dX, each one gemm over all T*B rows
-  gemm<T>(TB, I, G, dz.data(), G, 1, w_ih, I, 1, dx, I, false, true);          // dX = dZ W_ih
-  gemm<T>(G, I, TB, dz.data(), 1, G, x, I, 1, dw_ih, I, false, true);          // dW_ih = dZᵀ X
-  gemm<T>(G, P, std::min<int64_t>(B, TB), dz.data(), 1, G, h0, P, 1, dw_hh, P, false, true);
-  if (Tn > 1)                                                                   // dW_hh = dZᵀ H_prev
-    gemm<T>(G, P, TB - B, dz.data() + B * G, 1, G, y, P, 1, dw_hh, P, true, true);
-  if (proj) gemm<T>(P, H, TB, dht.data(), 1, P, mall.data(), H, 1, dw_hr, H, false, true);
-  // db = column sums of dZ, rows in order (deterministic)
-  for (int64_t j = 0; j < G; ++j) db[j] = T(0);
-  for (int64_t r = 0; r < TB; ++r) {
-    const T* row = dz.data() + r * G;
-    for (int64_t j = 0; j < G; ++j) db[j] += row[j];
-  }
+  if (nt == 1) weight_grads(0, 1, true);
 }
 
 #define DLK_LSTM_INSTANTIATE(T)                                                                 \

@@ -34,10 +34,11 @@ backward ≈ twice that.
 Variants:
     reference/loop   NumPy, one step per iteration: the oracle (reference.py)
     numba/loop       the same loop compiled, BLAS for the products (numba.py)
-    cpp/fused        Appleyard et al. 2016: x W_ihᵀ for all steps as one GEMM; W_hh packed once
-                     and reused every step; one fused pass per step for the gates'
-                     elementwise work; in backward the weight gradients as single GEMMs over
-                     all T·B rows (csrc/lstm.cpp)
+    cpp/fused        Appleyard et al. 2016 on the CPU: one parallel region per sequence, each
+                     thread owning a slice of the hidden units with its slice of W_hh packed
+                     once and kept in cache, one barrier per step; one fused pass per step for
+                     the gates' elementwise work; in backward the weight gradients as single
+                     GEMMs over all T·B rows (csrc/lstm.cpp)
 """
 
 from __future__ import annotations
