@@ -2,6 +2,7 @@
 
 import pytest
 from conftest import params, run_case
+
 from dlkernels.benchmarks import conv, matmul
 
 

@@ -7,14 +7,15 @@ import os
 import subprocess
 import sys
 
-import dlkernels as dk
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import dlkernels as dk
 from dlkernels import _cpp
 from dlkernels.ops.conv import reference
 from dlkernels.ops.conv.common import conv_params
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 
 @settings(deadline=None, max_examples=40)

@@ -3,9 +3,10 @@ semantics, and the C++ kernel on a shape big enough to use several threads and t
 
 from __future__ import annotations
 
-import dlkernels as dk
 import numpy as np
 import pytest
+
+import dlkernels as dk
 from dlkernels import nn
 
 torch = pytest.importorskip("torch")

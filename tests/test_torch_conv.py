@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-import dlkernels.torch as dlt  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+
+import dlkernels.torch as dlt  # noqa: E402
 from dlkernels.torch import _bridge  # noqa: E402
 
 CASES = [

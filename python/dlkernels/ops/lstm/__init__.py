@@ -47,8 +47,18 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..._arrays import (Array, as_array, as_optional, check_float, check_like, check_ndim, check_shape,
-                        contiguous, device, wrap)
+from ..._arrays import (
+    Array,
+    as_array,
+    as_optional,
+    check_float,
+    check_like,
+    check_ndim,
+    check_shape,
+    contiguous,
+    device,
+    wrap,
+)
 from ..._registry import dispatch, register
 from . import cpp, numba, reference
 
@@ -257,4 +267,5 @@ for _op in ("lstm", "lstm_cell"):
     register(_op, "forward", "cpp", "fused", cpp.lstm_forward_cpp, default=True)
     register(_op, "backward", "cpp", "fused", cpp.lstm_backward_cpp, default=True)
 from . import cuda as _cuda_glue  # noqa: E402  (CUDA: kernels/lstm.cu, registered by its glue)
+
 _cuda_glue.register_all()
