@@ -42,6 +42,18 @@ namespace {
 
 // ---- helpers --------------------------------------------------------------------------------
 
+// db[k] += the sum of dy's row k, for Kg rows of PQ: one sample and group's bias gradient.
+template <typename T>
+inline void add_bias_grad(const T* dy, int64_t Kg, int64_t PQ, T* db) {
+  for (int64_t k = 0; k < Kg; ++k) {
+    const T* d = dy + k * PQ;
+    T acc = 0;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t i = 0; i < PQ; ++i) acc += d[i];
+    db[k] += acc;
+  }
+}
+
 // Output positions q in [lo, hi) whose input coordinate q*stride + off lies in [0, n).
 inline void valid_range(int64_t off, int64_t stride, int64_t n, int64_t count, int64_t& lo,
                         int64_t& hi) {
@@ -304,14 +316,7 @@ void bwd_sample(const ConvShape& s, const T* dy, const T* x, const T* w, T* dx, 
   for (int64_t g = 0; g < G; ++g) {
     const T* dyg = dy + (n * s.K + g * Kg) * PQ;
     const T* xg = x + (n * s.C + g * Cg) * HW;
-    if (dbp)
-      for (int64_t k = 0; k < Kg; ++k) {
-        const T* d = dyg + k * PQ;
-        T acc = 0;
-#pragma omp simd reduction(+ : acc)
-        for (int64_t i = 0; i < PQ; ++i) acc += d[i];
-        dbp[g * Kg + k] += acc;
-      }
+    if (dbp) add_bias_grad(dyg, Kg, PQ, dbp + g * Kg);
     if (!dwp && !dx) continue;
     const T* wg = w + g * Kg * CRS;
     T* dxg = dx ? dx + (n * s.C + g * Cg) * HW : nullptr;
@@ -679,14 +684,7 @@ void dw_sample(const ConvShape& s, const Padded& g, const int64_t* rowoff, const
   int64_t* so = grow<int64_t>(bf.src, J);
   for (int64_t gi = 0; gi < G; ++gi) {
     const T* dyg = dy + (n * s.K + gi * Kg) * PQ;
-    if (dbp)
-      for (int64_t k = 0; k < Kg; ++k) {
-        const T* d = dyg + k * PQ;
-        T acc = 0;
-#pragma omp simd reduction(+ : acc)
-        for (int64_t i = 0; i < PQ; ++i) acc += d[i];
-        dbp[gi * Kg + k] += acc;
-      }
+    if (dbp) add_bias_grad(dyg, Kg, PQ, dbp + gi * Kg);
   }
   if (!dwp) return;
   for (int64_t j0 = 0; j0 < PQ; j0 += J) {
