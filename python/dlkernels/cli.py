@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--json", metavar="FILE", help="write the results, machine and commit as JSON")
     b.add_argument("--plot", metavar="FILE", help="write a PNG of the speedups (needs matplotlib)")
     b.add_argument("--threads", type=int, help="CPU threads for dlkernels and the peers (default: all)")
-    b.add_argument("--max-seconds", type=float, default=3.0, help="skip timing a kernel whose one call takes longer")
+    b.add_argument("--max-seconds", type=float, default=1.5, help="skip timing a kernel whose one call takes longer")
     b.add_argument("--fresh-memory", action="store_true",
                    help="leave malloc as it is: large buffers come fresh from the OS, page faults and all, per call "
                         "(default: freed memory is kept and reused, for dlkernels and peers alike)")
