@@ -203,9 +203,9 @@ def run(op: str | None = None, backends: list[str] | None = None, quick: bool = 
                             continue
                         log(f"[{done}/{len(targets)}] {case.id} {b}/{v} {direction}")
                         time.sleep(SETTLE_SECONDS)
-                        t0 = time.perf_counter()
-                        fn(state)  # the warm-up decides whether the variant is too slow to time
-                        if time.perf_counter() - t0 > max_seconds:
+                        # the warm-up decides whether the variant is too slow to time; a slow first
+                        # call gets a second chance, as it may have compiled (numba after an install)
+                        if _call_seconds(fn, state) > max_seconds and _call_seconds(fn, state) > max_seconds:
                             row[direction] = {"skipped": f"one call took over {max_seconds:g} s"}
                             continue
                         t, n = timeit(lambda fn=fn, state=state: fn(state))
@@ -223,6 +223,12 @@ def run(op: str | None = None, backends: list[str] | None = None, quick: bool = 
             log(format_row(row))
     return {"machine": machine(), "commit": commit(), "command": " ".join(["dlkernels"] + sys.argv[1:]),
             "freed_memory_reused": reuse, "peak": peak, "rows": rows}
+
+
+def _call_seconds(fn: Callable[[Any], Any], state: Any) -> float:
+    t0 = time.perf_counter()
+    fn(state)
+    return time.perf_counter() - t0
 
 
 def _time_peers(peers: dict[str, tuple], into: dict[str, dict[str, list[float]]]) -> None:
