@@ -215,6 +215,37 @@ void make_blocks(int64_t n_begin, int64_t n_end, int64_t PQ, int64_t cols, std::
 // (The other orientation, col^T @ W^T with the filters packed once by gemm_pack_b, needs a
 // transpose of the output and measured no faster: the filters are a small part of the traffic.)
 
+// Where a one-sample block's GEMM writes group g's rows of y: straight into y.
+template <typename T>
+T* block_output(const ConvShape& s, const Block& blk, int64_t g, int64_t Kg, T* y) {
+  return y + ((blk.n0 * s.K + g * Kg) * s.P * s.Q + blk.j0);
+}
+
+// After a block's GEMM for group g: a one-sample block's rows are in y already and get the bias;
+// several samples' rows sit side by side in `out` (Kg x len) and are copied to y plus the bias.
+template <typename T>
+void finish_block(const ConvShape& s, const Block& blk, int64_t g, int64_t Kg, int64_t len, const T* b, T* y,
+                  const T* out) {
+  const int64_t PQ = s.P * s.Q;
+  if (blk.nb == 1) {
+    if (!b) return;
+    T* yg = block_output(s, blk, g, Kg, y);
+    for (int64_t k = 0; k < Kg; ++k) {
+      const T bk = b[g * Kg + k];
+      T* yr = yg + k * PQ;
+      for (int64_t u = 0; u < len; ++u) yr[u] += bk;
+    }
+    return;
+  }
+  for (int64_t i = 0; i < blk.nb; ++i)
+    for (int64_t k = 0; k < Kg; ++k) {
+      const T bk = b ? b[g * Kg + k] : T(0);
+      T* yr = y + ((blk.n0 + i) * s.K + g * Kg + k) * PQ;
+      const T* o = out + (k * len + i * PQ);
+      for (int64_t u = 0; u < PQ; ++u) yr[u] = o[u] + bk;
+    }
+}
+
 template <typename T>
 void fwd_block(const ConvShape& s, const T* x, const T* w, const T* b, T* y, const Block& blk,
                std::vector<T>& colbuf, std::vector<T>& outbuf, bool parallel) {
@@ -241,25 +272,11 @@ void fwd_block(const ConvShape& s, const T* x, const T* w, const T* b, T* y, con
       ldb = len;
     }
     const T* wg = w + g * Kg * CRS;
-    if (blk.nb == 1) {
-      T* yg = y + ((blk.n0 * s.K + g * Kg) * PQ + blk.j0);
-      gemm<T>(Kg, len, CRS, wg, CRS, 1, B, ldb, 1, yg, PQ, false, parallel);
-      if (b)
-        for (int64_t k = 0; k < Kg; ++k) {
-          const T bk = b[g * Kg + k];
-          T* yr = yg + k * PQ;
-          for (int64_t u = 0; u < len; ++u) yr[u] += bk;
-        }
-    } else {
+    if (blk.nb == 1)
+      gemm<T>(Kg, len, CRS, wg, CRS, 1, B, ldb, 1, block_output(s, blk, g, Kg, y), PQ, false, parallel);
+    else
       gemm<T>(Kg, len, CRS, wg, CRS, 1, B, ldb, 1, out, len, false, parallel);
-      for (int64_t i = 0; i < blk.nb; ++i)
-        for (int64_t k = 0; k < Kg; ++k) {
-          const T bk = b ? b[g * Kg + k] : T(0);
-          T* yr = y + ((blk.n0 + i) * s.K + g * Kg + k) * PQ;
-          const T* o = out + (k * len + i * PQ);
-          for (int64_t u = 0; u < PQ; ++u) yr[u] = o[u] + bk;
-        }
-    }
+    finish_block(s, blk, g, Kg, len, b, y, out);
   }
 }
 
@@ -638,25 +655,11 @@ void implicit_block(const ConvShape& s, const Padded& g, const int64_t* rowoff, 
       lane_srcs<T>(so + j, nr, lanes);
       pack_rows<T>(xg, rowoff, CRS, lanes.data(), (int64_t)lanes.size(), pan + j * CRS);
     }
-    if (blk.nb == 1) {
-      T* yg = y + ((blk.n0 * s.K + gi * Kg) * PQ + blk.j0);
-      gemm_packed_panels<T>(Kg, len, CRS, pa + gi * asz, pan, yg, PQ, false);
-      if (b)
-        for (int64_t k = 0; k < Kg; ++k) {
-          const T bk = b[gi * Kg + k];
-          T* yr = yg + k * PQ;
-          for (int64_t u = 0; u < len; ++u) yr[u] += bk;
-        }
-    } else {
+    if (blk.nb == 1)
+      gemm_packed_panels<T>(Kg, len, CRS, pa + gi * asz, pan, block_output(s, blk, gi, Kg, y), PQ, false);
+    else
       gemm_packed_panels<T>(Kg, len, CRS, pa + gi * asz, pan, out, len, false);
-      for (int64_t i = 0; i < blk.nb; ++i)
-        for (int64_t k = 0; k < Kg; ++k) {
-          const T bk = b ? b[gi * Kg + k] : T(0);
-          T* yr = y + ((blk.n0 + i) * s.K + gi * Kg + k) * PQ;
-          const T* o = out + (k * len + i * PQ);
-          for (int64_t u = 0; u < PQ; ++u) yr[u] = o[u] + bk;
-        }
-    }
+    finish_block(s, blk, gi, Kg, len, b, y, out);
   }
 }
 
