@@ -437,6 +437,15 @@ const int64_t* graph_indptr(py::array& a, const char* name, int64_t E, int64_t& 
   return p;
 }
 
+// A tiled CSR's offsets (graph_segment_sum/maxmin): passes * R + 1 of them, R rows per pass.
+const int64_t* graph_tiled_indptr(py::array& a, int64_t passes, int64_t E, int64_t& R) {
+  if (passes < 1) throw py::value_error("passes: expected an integer >= 1");
+  const int64_t* p = graph_indptr(a, "indptr", E, R);
+  if (R % passes) throw py::value_error("indptr: expected passes * R + 1 offsets");
+  R /= passes;
+  return p;
+}
+
 int64_t graph_edges(py::array& col, const char* name) {
   if (col.ndim() != 1) throw py::value_error(std::string(name) + ": expected a 1-D index array");
   return col.shape(0);
@@ -446,9 +455,9 @@ bool is_i32(py::array& a) { return a.dtype().is(py::dtype::of<int32_t>()); }
 
 template <typename T, typename I>
 void graph_segment_sum_t(py::array indptr, py::array col, py::object perm, py::object w, py::array x,
-                         py::object scale, py::array out) {
+                         py::object scale, py::array out, int64_t passes) {
   int64_t E = graph_edges(col, "col"), R;
-  const int64_t* IP = graph_indptr(indptr, "indptr", E, R);
+  const int64_t* IP = graph_tiled_indptr(indptr, passes, E, R);
   const I* C = check<I>(col, "col", {E}, false);
   const int64_t* PM = check_opt<int64_t>(perm, "perm", {E}, false);
   if (x.ndim() != 3) throw py::value_error("x: expected a 3-D array (N, H, F)");
@@ -458,14 +467,14 @@ void graph_segment_sum_t(py::array indptr, py::array col, py::object perm, py::o
   const T* S = check_opt<T>(scale, "scale", {R}, false);
   T* O = check<T>(out, "out", {R, H, F}, true);
   py::gil_scoped_release nogil;
-  DLK_CALL(graph_segment_sum, R, IP, C, PM, Wt, H, F, X, S, O);
+  DLK_CALL(graph_segment_sum, R, IP, passes, C, PM, Wt, H, F, X, S, O);
 }
 
 template <typename T, typename I>
 void graph_segment_maxmin_t(py::array indptr, py::array col, py::object perm, py::object w, py::array x,
-                            bool is_max, py::array out) {
+                            bool is_max, py::array out, int64_t passes) {
   int64_t E = graph_edges(col, "col"), R;
-  const int64_t* IP = graph_indptr(indptr, "indptr", E, R);
+  const int64_t* IP = graph_tiled_indptr(indptr, passes, E, R);
   const I* C = check<I>(col, "col", {E}, false);
   const int64_t* PM = check_opt<int64_t>(perm, "perm", {E}, false);
   if (x.ndim() != 2) throw py::value_error("x: expected a 2-D array (N, F)");
@@ -474,7 +483,7 @@ void graph_segment_maxmin_t(py::array indptr, py::array col, py::object perm, py
   const T* Wt = check_opt<T>(w, "w", {E}, false);
   T* O = check<T>(out, "out", {R, F}, true);
   py::gil_scoped_release nogil;
-  DLK_CALL(graph_segment_maxmin, R, IP, C, PM, Wt, F, X, is_max, O);
+  DLK_CALL(graph_segment_maxmin, R, IP, passes, C, PM, Wt, F, X, is_max, O);
 }
 
 template <typename T, typename I>
@@ -562,12 +571,12 @@ void graph_group_by_t(py::array key, py::array indptr, py::array perm) {
   } while (0)
 
 void graph_segment_sum_py(py::array indptr, py::array col, py::object perm, py::object w, py::array x,
-                          py::object scale, py::array out) {
-  DLK_GRAPH_DISPATCH(graph_segment_sum_t, out, col, indptr, col, perm, w, x, scale, out);
+                          py::object scale, py::array out, int64_t passes) {
+  DLK_GRAPH_DISPATCH(graph_segment_sum_t, out, col, indptr, col, perm, w, x, scale, out, passes);
 }
 void graph_segment_maxmin_py(py::array indptr, py::array col, py::object perm, py::object w, py::array x,
-                             bool is_max, py::array out) {
-  DLK_GRAPH_DISPATCH(graph_segment_maxmin_t, out, col, indptr, col, perm, w, x, is_max, out);
+                             bool is_max, py::array out, int64_t passes) {
+  DLK_GRAPH_DISPATCH(graph_segment_maxmin_t, out, col, indptr, col, perm, w, x, is_max, out, passes);
 }
 void graph_edge_dot_py(py::array indptr, py::array col, py::object perm, py::array a, py::array b,
                        py::object scale, py::array out) {
@@ -639,9 +648,9 @@ PYBIND11_MODULE(_C, m) {
         py::arg("seed"), py::arg("threshold"), py::arg("dropout_scale"), py::arg("grad_query"),
         py::arg("grad_key"), py::arg("grad_value"), py::arg("grad_attn_mask"));
   m.def("graph_segment_sum", &graph_segment_sum_py, py::arg("indptr"), py::arg("col"), py::arg("perm"),
-        py::arg("w"), py::arg("x"), py::arg("scale"), py::arg("out"));
+        py::arg("w"), py::arg("x"), py::arg("scale"), py::arg("out"), py::arg("passes") = 1);
   m.def("graph_segment_maxmin", &graph_segment_maxmin_py, py::arg("indptr"), py::arg("col"), py::arg("perm"),
-        py::arg("w"), py::arg("x"), py::arg("is_max"), py::arg("out"));
+        py::arg("w"), py::arg("x"), py::arg("is_max"), py::arg("out"), py::arg("passes") = 1);
   m.def("graph_edge_dot", &graph_edge_dot_py, py::arg("indptr"), py::arg("col"), py::arg("perm"), py::arg("a"),
         py::arg("b"), py::arg("scale"), py::arg("out"));
   m.def("graph_maxmin_backward", &graph_maxmin_backward_py, py::arg("indptr"), py::arg("col"), py::arg("perm"),

@@ -67,6 +67,30 @@ void for_rows(int64_t n, const int64_t* indptr, int64_t cost, Body&& body) {
 
 inline int64_t edge_id(const int64_t* perm, int64_t k) { return perm ? perm[k] : k; }
 
+// A tiled CSR (graph_segment_sum / graph_segment_maxmin with passes > 1). Its edges are grouped
+// first by the range of sources they read, then by target, so pass p is itself a CSR over all R
+// rows, at indptr + p * R, whose gathers stay inside one range of x that fits the last-level
+// cache (Csr.tiled in ops/graph/structure.py builds it). A pass adds its edges to what the
+// earlier passes left in out: per row, `first` says no earlier pass had edges (start afresh)
+// and `last` that no later pass has any (finish: apply the scale). With passes = 1 both hold.
+struct Tiles {
+  const int64_t* indptr;
+  int64_t R, passes;
+  bool any(int64_t p, int64_t r) const { return indptr[p * R + r + 1] > indptr[p * R + r]; }
+  bool first(int64_t p, int64_t r) const {
+    for (int64_t q = 0; q < p; ++q)
+      if (any(q, r)) return false;
+    return true;
+  }
+  bool last(int64_t p, int64_t r) const {
+    for (int64_t q = p + 1; q < passes; ++q)
+      if (any(q, r)) return false;
+    return true;
+  }
+  // pass p has nothing to do for row r: no edges, unless the row has none at all (pass 0 writes its 0)
+  bool skip(int64_t p, int64_t r) const { return !any(p, r) && (p > 0 || !last(0, r)); }
+};
+
 // Software prefetch of the gathered rows. The rows x[col[k]] are scattered, and on sparse
 // graphs most CSR rows have only a few edges, so the prefetch runs `dist` edges ahead along
 // the CSR positions, across row boundaries (col is one array), up to the end of this thread's
@@ -88,17 +112,18 @@ inline void prefetch_n(const void* p, int64_t bytes) {
 
 // ---- segment sum ------------------------------------------------------------------------
 
-// o[0 : NV*W] = scale * sum_{k0 <= k < k1} w_k * x[col[k]*ldx + 0 : NV*W]; x, o and w are already
-// offset to this head and feature block (w: stride H per edge).
+// o[0 : NV*W] = scale * (o if acc_in) + sum_{k0 <= k < k1} w_k * x[col[k]*ldx + 0 : NV*W]; x, o and w
+// are already offset to this head and feature block (w: stride H per edge).
 // Prefetch: edge k + pd's row, this block's features while it is in this row, else the
 // features the next rows start with (x0 + col * ldx: head 0, feature 0), for NV*W elements.
 template <typename T, typename I, bool WEIGHTED, int NV>
 inline void sum_block(int64_t k0, int64_t k1, const I* col, const int64_t* perm, const T* w, int64_t H,
-                      const T* x, int64_t ldx, T scale, T* o, const T* x0, int64_t pd, int64_t kend) {
+                      const T* x, int64_t ldx, T scale, bool acc_in, T* o, const T* x0, int64_t pd,
+                      int64_t kend) {
   constexpr int W = simd<T>::width;
   constexpr int64_t BYTES = (int64_t)NV * W * sizeof(T);
   vec<T> acc[NV];
-  for (int j = 0; j < NV; ++j) acc[j] = vec<T>{};
+  for (int j = 0; j < NV; ++j) acc[j] = acc_in ? vload<T>(o + j * W) : vec<T>{};
   for (int64_t k = k0; k < k1; ++k) {
     const int64_t kp = k + pd;
     if (kp < kend) prefetch_lines<BYTES>((kp < k1 ? x : x0) + (int64_t)col[kp] * ldx);
@@ -116,9 +141,10 @@ inline void sum_block(int64_t k0, int64_t k1, const I* col, const int64_t* perm,
 // The last n < W features: scalar accumulators, same order of edges.
 template <typename T, typename I, bool WEIGHTED>
 inline void sum_tail(int64_t k0, int64_t k1, const I* col, const int64_t* perm, const T* w, int64_t H,
-                     const T* x, int64_t ldx, T scale, T* o, int64_t n) {
+                     const T* x, int64_t ldx, T scale, bool acc_in, T* o, int64_t n) {
   constexpr int W = simd<T>::width;
   T acc[W] = {};
+  for (int64_t i = 0; i < n && acc_in; ++i) acc[i] = o[i];
   for (int64_t k = k0; k < k1; ++k) {
     const T* xr = x + (int64_t)col[k] * ldx;
     const T wk = WEIGHTED ? w[edge_id(perm, k) * H] : T(1);
@@ -177,11 +203,11 @@ inline int64_t row_prefetch_distance(int64_t F, int64_t W, int64_t size) {
   return prefetch_distance((F < 8 * W ? F : 8 * W) * size);
 }
 
-// o[0 : H*F] = s * sum over edges [k0, k1) (one row, or one piece of a hub row); kend: how far
-// the prefetch may run past k1 (the end of this thread's range; k1 for a piece).
+// o[0 : H*F] = s * (o if acc_in) + sum over edges [k0, k1) (one row, or one piece of a hub row);
+// kend: how far the prefetch may run past k1 (the end of this thread's range; k1 for a piece).
 template <typename T, typename I, bool WEIGHTED>
 inline void sum_row(int64_t k0, int64_t k1, const I* col, const int64_t* perm, const T* w, int64_t H, int64_t F,
-                    const T* x, T s, T* out_row, int64_t pd, int64_t kend) {
+                    const T* x, T s, bool acc_in, T* out_row, int64_t pd, int64_t kend) {
   constexpr int W = simd<T>::width;
   const int64_t ldx = H * F;
   {
@@ -193,25 +219,26 @@ inline void sum_row(int64_t k0, int64_t k1, const I* col, const int64_t* perm, c
       // row starts at head 0, feature 0); the other blocks prefetch within the row
       const auto ke = [&](int64_t f_next) { return h + 1 == H && f_next + W > F ? kend : k1; };
       int64_t f = 0;
-      for (; f + 8 * W <= F; f += 8 * W) sum_block<T, I, WEIGHTED, 8>(k0, k1, col, perm, wh, H, xh + f, ldx, s, o + f, x, pd, ke(f + 8 * W));
-      if (f + 4 * W <= F) { sum_block<T, I, WEIGHTED, 4>(k0, k1, col, perm, wh, H, xh + f, ldx, s, o + f, x, pd, ke(f + 4 * W)); f += 4 * W; }
-      if (f + 2 * W <= F) { sum_block<T, I, WEIGHTED, 2>(k0, k1, col, perm, wh, H, xh + f, ldx, s, o + f, x, pd, ke(f + 2 * W)); f += 2 * W; }
-      if (f + W <= F) { sum_block<T, I, WEIGHTED, 1>(k0, k1, col, perm, wh, H, xh + f, ldx, s, o + f, x, pd, ke(f + W)); f += W; }
-      if (f < F) sum_tail<T, I, WEIGHTED>(k0, k1, col, perm, wh, H, xh + f, ldx, s, o + f, F - f);
+      for (; f + 8 * W <= F; f += 8 * W) sum_block<T, I, WEIGHTED, 8>(k0, k1, col, perm, wh, H, xh + f, ldx, s, acc_in, o + f, x, pd, ke(f + 8 * W));
+      if (f + 4 * W <= F) { sum_block<T, I, WEIGHTED, 4>(k0, k1, col, perm, wh, H, xh + f, ldx, s, acc_in, o + f, x, pd, ke(f + 4 * W)); f += 4 * W; }
+      if (f + 2 * W <= F) { sum_block<T, I, WEIGHTED, 2>(k0, k1, col, perm, wh, H, xh + f, ldx, s, acc_in, o + f, x, pd, ke(f + 2 * W)); f += 2 * W; }
+      if (f + W <= F) { sum_block<T, I, WEIGHTED, 1>(k0, k1, col, perm, wh, H, xh + f, ldx, s, acc_in, o + f, x, pd, ke(f + W)); f += W; }
+      if (f < F) sum_tail<T, I, WEIGHTED>(k0, k1, col, perm, wh, H, xh + f, ldx, s, acc_in, o + f, F - f);
     }
   }
 }
 
-// Rows [r0, r1), hub rows left out (their pieces are summed apart).
+// Rows [r0, r1) of pass p (indptr: that pass's CSR), hub rows left out (their pieces are summed apart).
 template <typename T, typename I, bool WEIGHTED>
-void segment_sum_rows(int64_t r0, int64_t r1, const int64_t* indptr, const I* col, const int64_t* perm,
-                      const T* w, int64_t H, int64_t F, const T* x, const T* scale, T* out) {
+void segment_sum_rows(int64_t r0, int64_t r1, const int64_t* indptr, const Tiles& t, int64_t p, const I* col,
+                      const int64_t* perm, const T* w, int64_t H, int64_t F, const T* x, const T* scale, T* out) {
   const int64_t kend = indptr[r1];
   const int64_t pd = row_prefetch_distance(F, simd<T>::width, sizeof(T));
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t k0 = indptr[r], k1 = indptr[r + 1];
-    if (k1 - k0 > HUB_EDGES) continue;
-    sum_row<T, I, WEIGHTED>(k0, k1, col, perm, w, H, F, x, scale ? scale[r] : T(1), out + r * H * F, pd, kend);
+    if (k1 - k0 > HUB_EDGES || t.skip(p, r)) continue;
+    const T s = scale && t.last(p, r) ? scale[r] : T(1);
+    sum_row<T, I, WEIGHTED>(k0, k1, col, perm, w, H, F, x, s, !t.first(p, r), out + r * H * F, pd, kend);
   }
 }
 
@@ -227,9 +254,10 @@ inline T pick1(T acc, T v, bool is_max) {
   return (is_max ? v > acc : v < acc) || v != v ? v : acc;
 }
 
+// o[0 : NV*W] = max/min over the edges [k0, k1) (k0 < k1), and over o itself if acc_in.
 template <typename T, typename I, bool WEIGHTED, int NV>
 inline void maxmin_block(int64_t k0, int64_t k1, const I* col, const int64_t* perm, const T* w, const T* x,
-                         int64_t ldx, bool is_max, T* o, const T* x0, int64_t pd, int64_t kend) {
+                         int64_t ldx, bool is_max, bool acc_in, T* o, const T* x0, int64_t pd, int64_t kend) {
   constexpr int W = simd<T>::width;
   constexpr int64_t BYTES = (int64_t)NV * W * sizeof(T);
   if (k0 + pd < kend) prefetch_lines<BYTES>((k0 + pd < k1 ? x : x0) + (int64_t)col[k0 + pd] * ldx);
@@ -250,20 +278,21 @@ inline void maxmin_block(int64_t k0, int64_t k1, const I* col, const int64_t* pe
       for (int j = 0; j < NV; ++j) acc[j] = pick(acc[j], vload<T>(xr + j * W), is_max);
     }
   }
-  for (int j = 0; j < NV; ++j) vstore<T>(o + j * W, acc[j]);
+  for (int j = 0; j < NV; ++j) vstore<T>(o + j * W, acc_in ? pick(vload<T>(o + j * W), acc[j], is_max) : acc[j]);
 }
 
-// o[0 : F] = max/min over the edges [k0, k1) (k0 < k1: one row, or one piece of a hub row).
+// o[0 : F] = max/min over the edges [k0, k1) (k0 < k1: one row, or one piece of a hub row), and
+// over o itself if acc_in (the earlier passes' extrema: as if their edges came first).
 template <typename T, typename I, bool WEIGHTED>
 void maxmin_row(int64_t k0, int64_t k1, const I* col, const int64_t* perm, const T* w, int64_t F, const T* x,
-                bool is_max, T* o, int64_t pd, int64_t kend) {
+                bool is_max, bool acc_in, T* o, int64_t pd, int64_t kend) {
   constexpr int W = simd<T>::width;
   const auto ke = [&](int64_t f_next) { return f_next + W > F ? kend : k1; };  // as sum_row
   int64_t f = 0;
-  for (; f + 8 * W <= F; f += 8 * W) maxmin_block<T, I, WEIGHTED, 8>(k0, k1, col, perm, w, x + f, F, is_max, o + f, x, pd, ke(f + 8 * W));
-  if (f + 4 * W <= F) { maxmin_block<T, I, WEIGHTED, 4>(k0, k1, col, perm, w, x + f, F, is_max, o + f, x, pd, ke(f + 4 * W)); f += 4 * W; }
-  if (f + 2 * W <= F) { maxmin_block<T, I, WEIGHTED, 2>(k0, k1, col, perm, w, x + f, F, is_max, o + f, x, pd, ke(f + 2 * W)); f += 2 * W; }
-  if (f + W <= F) { maxmin_block<T, I, WEIGHTED, 1>(k0, k1, col, perm, w, x + f, F, is_max, o + f, x, pd, ke(f + W)); f += W; }
+  for (; f + 8 * W <= F; f += 8 * W) maxmin_block<T, I, WEIGHTED, 8>(k0, k1, col, perm, w, x + f, F, is_max, acc_in, o + f, x, pd, ke(f + 8 * W));
+  if (f + 4 * W <= F) { maxmin_block<T, I, WEIGHTED, 4>(k0, k1, col, perm, w, x + f, F, is_max, acc_in, o + f, x, pd, ke(f + 4 * W)); f += 4 * W; }
+  if (f + 2 * W <= F) { maxmin_block<T, I, WEIGHTED, 2>(k0, k1, col, perm, w, x + f, F, is_max, acc_in, o + f, x, pd, ke(f + 2 * W)); f += 2 * W; }
+  if (f + W <= F) { maxmin_block<T, I, WEIGHTED, 1>(k0, k1, col, perm, w, x + f, F, is_max, acc_in, o + f, x, pd, ke(f + W)); f += W; }
   for (; f < F; ++f) {
     T acc = T(0);
     for (int64_t k = k0; k < k1; ++k) {
@@ -271,24 +300,26 @@ void maxmin_row(int64_t k0, int64_t k1, const I* col, const int64_t* perm, const
       const T v = WEIGHTED ? x[(int64_t)col[k] * F + f] * wk : x[(int64_t)col[k] * F + f];
       acc = k == k0 ? v : pick1(acc, v, is_max);
     }
-    o[f] = acc;
+    o[f] = acc_in ? pick1(o[f], acc, is_max) : acc;
   }
 }
 
-// Rows [r0, r1), hub rows left out (their pieces are reduced apart); an empty row gives 0.
+// Rows [r0, r1) of pass p (indptr: that pass's CSR), hub rows left out (their pieces are reduced
+// apart); a row without edges gives 0.
 template <typename T, typename I, bool WEIGHTED>
-void segment_maxmin_rows(int64_t r0, int64_t r1, const int64_t* indptr, const I* col, const int64_t* perm,
-                         const T* w, int64_t F, const T* x, bool is_max, T* out) {
+void segment_maxmin_rows(int64_t r0, int64_t r1, const int64_t* indptr, const Tiles& t, int64_t p, const I* col,
+                         const int64_t* perm, const T* w, int64_t F, const T* x, bool is_max, T* out) {
   const int64_t kend = indptr[r1];
   const int64_t pd = row_prefetch_distance(F, simd<T>::width, sizeof(T));
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t k0 = indptr[r], k1 = indptr[r + 1];
+    if (k1 - k0 > HUB_EDGES || t.skip(p, r)) continue;
     T* o = out + r * F;
     if (k0 == k1) {
       for (int64_t f = 0; f < F; ++f) o[f] = T(0);
       continue;
     }
-    if (k1 - k0 <= HUB_EDGES) maxmin_row<T, I, WEIGHTED>(k0, k1, col, perm, w, F, x, is_max, o, pd, kend);
+    maxmin_row<T, I, WEIGHTED>(k0, k1, col, perm, w, F, x, is_max, !t.first(p, r), o, pd, kend);
   }
 }
 
@@ -313,51 +344,61 @@ inline T dot(const T* a, const T* b, int64_t F) {
 }  // namespace
 
 template <typename T, typename I>
-void graph_segment_sum(int64_t R, const int64_t* indptr, const I* col, const int64_t* perm, const T* w,
-                       int64_t H, int64_t F, const T* x, const T* scale, T* out) {
-  for_rows(R, indptr, H * F + 1, [&](int64_t r0, int64_t r1) {
-    if (w) segment_sum_rows<T, I, true>(r0, r1, indptr, col, perm, w, H, F, x, scale, out);
-    else segment_sum_rows<T, I, false>(r0, r1, indptr, col, perm, w, H, F, x, scale, out);
-  });
-  // hub rows: their pieces' partial sums, added in piece order, then scaled
+void graph_segment_sum(int64_t R, const int64_t* indptr, int64_t passes, const I* col, const int64_t* perm,
+                       const T* w, int64_t H, int64_t F, const T* x, const T* scale, T* out) {
+  const Tiles t{indptr, R, passes};
   const int64_t HF = H * F, pd = row_prefetch_distance(F, simd<T>::width, sizeof(T));
-  reduce_hubs<T>(
-      R, indptr, HF,
-      [&](int64_t k0, int64_t k1, T* part) {
-        if (w) sum_row<T, I, true>(k0, k1, col, perm, w, H, F, x, T(1), part, pd, k1);
-        else sum_row<T, I, false>(k0, k1, col, perm, w, H, F, x, T(1), part, pd, k1);
-      },
-      [&](int64_t r, int64_t c0, int64_t c1, const T* parts, int64_t n) {
-        const T s = scale ? scale[r] : T(1);
-        T* o = out + r * HF;
-        for (int64_t c = c0; c < c1; ++c) o[c] = parts[c];
-        for (int64_t p = 1; p < n; ++p)
-          for (int64_t c = c0; c < c1; ++c) o[c] += parts[p * HF + c];
-        for (int64_t c = c0; c < c1; ++c) o[c] *= s;
-      });
+  for (int64_t pass = 0; pass < passes; ++pass) {
+    const int64_t* ip = indptr + pass * R;
+    for_rows(R, ip, H * F + 1, [&](int64_t r0, int64_t r1) {
+      if (w) segment_sum_rows<T, I, true>(r0, r1, ip, t, pass, col, perm, w, H, F, x, scale, out);
+      else segment_sum_rows<T, I, false>(r0, r1, ip, t, pass, col, perm, w, H, F, x, scale, out);
+    });
+    // hub rows: their pieces' partial sums, added in piece order, then scaled
+    reduce_hubs<T>(
+        R, ip, HF,
+        [&](int64_t k0, int64_t k1, T* part) {
+          if (w) sum_row<T, I, true>(k0, k1, col, perm, w, H, F, x, T(1), false, part, pd, k1);
+          else sum_row<T, I, false>(k0, k1, col, perm, w, H, F, x, T(1), false, part, pd, k1);
+        },
+        [&](int64_t r, int64_t c0, int64_t c1, const T* parts, int64_t n) {
+          const T s = scale && t.last(pass, r) ? scale[r] : T(1);
+          const bool acc_in = !t.first(pass, r);
+          T* o = out + r * HF;
+          for (int64_t c = c0; c < c1; ++c) o[c] = acc_in ? o[c] + parts[c] : parts[c];
+          for (int64_t p = 1; p < n; ++p)
+            for (int64_t c = c0; c < c1; ++c) o[c] += parts[p * HF + c];
+          for (int64_t c = c0; c < c1; ++c) o[c] *= s;
+        });
+  }
 }
 
 template <typename T, typename I>
-void graph_segment_maxmin(int64_t R, const int64_t* indptr, const I* col, const int64_t* perm, const T* w,
-                          int64_t F, const T* x, bool is_max, T* out) {
-  for_rows(R, indptr, F + 1, [&](int64_t r0, int64_t r1) {
-    if (w) segment_maxmin_rows<T, I, true>(r0, r1, indptr, col, perm, w, F, x, is_max, out);
-    else segment_maxmin_rows<T, I, false>(r0, r1, indptr, col, perm, w, F, x, is_max, out);
-  });
-  // hub rows: their pieces' partial extrema, merged in piece order (exact, as one pass would be)
+void graph_segment_maxmin(int64_t R, const int64_t* indptr, int64_t passes, const I* col, const int64_t* perm,
+                          const T* w, int64_t F, const T* x, bool is_max, T* out) {
+  const Tiles t{indptr, R, passes};
   const int64_t pd = row_prefetch_distance(F, simd<T>::width, sizeof(T));
-  reduce_hubs<T>(
-      R, indptr, F,
-      [&](int64_t k0, int64_t k1, T* part) {
-        if (w) maxmin_row<T, I, true>(k0, k1, col, perm, w, F, x, is_max, part, pd, k1);
-        else maxmin_row<T, I, false>(k0, k1, col, perm, w, F, x, is_max, part, pd, k1);
-      },
-      [&](int64_t r, int64_t c0, int64_t c1, const T* parts, int64_t n) {
-        T* o = out + r * F;
-        for (int64_t c = c0; c < c1; ++c) o[c] = parts[c];
-        for (int64_t p = 1; p < n; ++p)
-          for (int64_t c = c0; c < c1; ++c) o[c] = pick1(o[c], parts[p * F + c], is_max);
-      });
+  for (int64_t pass = 0; pass < passes; ++pass) {
+    const int64_t* ip = indptr + pass * R;
+    for_rows(R, ip, F + 1, [&](int64_t r0, int64_t r1) {
+      if (w) segment_maxmin_rows<T, I, true>(r0, r1, ip, t, pass, col, perm, w, F, x, is_max, out);
+      else segment_maxmin_rows<T, I, false>(r0, r1, ip, t, pass, col, perm, w, F, x, is_max, out);
+    });
+    // hub rows: their pieces' partial extrema, merged in piece order (exact, as one pass would be)
+    reduce_hubs<T>(
+        R, ip, F,
+        [&](int64_t k0, int64_t k1, T* part) {
+          if (w) maxmin_row<T, I, true>(k0, k1, col, perm, w, F, x, is_max, false, part, pd, k1);
+          else maxmin_row<T, I, false>(k0, k1, col, perm, w, F, x, is_max, false, part, pd, k1);
+        },
+        [&](int64_t r, int64_t c0, int64_t c1, const T* parts, int64_t n) {
+          const bool acc_in = !t.first(pass, r);
+          T* o = out + r * F;
+          for (int64_t c = c0; c < c1; ++c) o[c] = acc_in ? pick1(o[c], parts[c], is_max) : parts[c];
+          for (int64_t p = 1; p < n; ++p)
+            for (int64_t c = c0; c < c1; ++c) o[c] = pick1(o[c], parts[p * F + c], is_max);
+        });
+  }
 }
 
 template <typename T, typename I>
@@ -490,10 +531,10 @@ void graph_group_by(int64_t G, int64_t E, const I* key, int64_t* indptr, int64_t
 }
 
 #define DLK_GRAPH_INSTANTIATE(T, I)                                                                            \
-  template void graph_segment_sum<T, I>(int64_t, const int64_t*, const I*, const int64_t*, const T*, int64_t,  \
+  template void graph_segment_sum<T, I>(int64_t, const int64_t*, int64_t, const I*, const int64_t*, const T*, int64_t,  \
                                         int64_t, const T*, const T*, T*);                                      \
-  template void graph_segment_maxmin<T, I>(int64_t, const int64_t*, const I*, const int64_t*, const T*,        \
-                                           int64_t, const T*, bool, T*);                                       \
+  template void graph_segment_maxmin<T, I>(int64_t, const int64_t*, int64_t, const I*, const int64_t*,       \
+                                           const T*, int64_t, const T*, bool, T*);                                       \
   template void graph_edge_dot<T, I>(int64_t, const int64_t*, const I*, const int64_t*, int64_t, int64_t,      \
                                      const T*, const T*, const T*, T*);                                        \
   template void graph_maxmin_backward<T, I>(int64_t, const int64_t*, const I*, const int64_t*, int64_t,        \

@@ -120,12 +120,14 @@ void lstm_backward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const
 // [indptr[r], indptr[r+1]), col[k] the row of x they read (I = int32_t or int64_t), perm[k]
 // the edge id (null: identity) that indexes per-edge arrays. x (N, H, F); w (E, H) or null;
 // scale (R) or null; out (R, H, F). Bitwise repeatable; see graph.cpp and ops/graph/common.py.
+// graph_segment_sum/maxmin also take a tiled CSR (passes > 1: indptr has passes * R + 1 offsets,
+// pass p's rows at indptr + p * R; see Tiles in graph.cpp).
 template <typename T, typename I>
-void graph_segment_sum(int64_t R, const int64_t* indptr, const I* col, const int64_t* perm, const T* w,
-                       int64_t H, int64_t F, const T* x, const T* scale, T* out);
+void graph_segment_sum(int64_t R, const int64_t* indptr, int64_t passes, const I* col, const int64_t* perm,
+                       const T* w, int64_t H, int64_t F, const T* x, const T* scale, T* out);
 template <typename T, typename I>
-void graph_segment_maxmin(int64_t R, const int64_t* indptr, const I* col, const int64_t* perm, const T* w,
-                          int64_t F, const T* x, bool is_max, T* out);
+void graph_segment_maxmin(int64_t R, const int64_t* indptr, int64_t passes, const I* col, const int64_t* perm,
+                          const T* w, int64_t F, const T* x, bool is_max, T* out);
 template <typename T, typename I>
 void graph_edge_dot(int64_t R, const int64_t* indptr, const I* col, const int64_t* perm, int64_t H, int64_t F,
                     const T* a, const T* b, const T* scale, T* out);

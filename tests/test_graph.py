@@ -109,6 +109,47 @@ def test_cpp_same_bits_at_any_thread_count(reduce, rng):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.skipif(not _cpp.available(), reason="C++ backend not built")
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("reduce", ["sum", "mean", "max", "min"])
+def test_cpp_tiled_passes(reduce, weighted, rng, monkeypatch):
+    """x larger than the last-level cache is gathered in passes over source ranges (Csr.tiled).
+    A pretend cache forces 2 and 5 passes on a graph with a hub row past HUB_EDGES, empty rows
+    and a row whose edges all lie in the last pass: the reference's result (max/min: the bits of
+    one pass) and, in float32, the same bits at 1 and 2 threads."""
+    from dlkernels.ops.graph import structure
+    V, E, F = 300, 30000, 37
+    dst = np.where(rng.random(E) < 0.5, 7, rng.integers(0, V - 20, E))  # rows V-20.. have no edges
+    src = rng.integers(0, V, E)
+    src[dst == 3] = V - 1  # row 3 reads only the last source
+    g = dk.Graph(np.stack([src, dst]), num_nodes=V)
+    x = rng.standard_normal((V, F))
+    w = rng.standard_normal(E) if weighted else None
+    with dk.backend("reference"):
+        ref = dk.aggregate(g, x, reduce, w)
+    with dk.backend("cpp"):
+        one_pass = dk.aggregate(g, x, reduce, w)
+    assert g._csr.passes(F * 8) == 1
+    for want in (2, 5):
+        monkeypatch.setattr(structure, "last_level_cache_bytes", lambda: V * F * 8 // want)
+        assert g._csr.passes(F * 8) == want
+        with dk.backend("cpp"):
+            out = dk.aggregate(g, x, reduce, w)
+        np.testing.assert_allclose(out, ref, rtol=1e-9, atol=1e-9)
+        if reduce in ("max", "min"):
+            np.testing.assert_array_equal(out, one_pass)
+        runs = []
+        before = dk.get_num_threads()
+        try:
+            for n in (1, 2):
+                dk.set_num_threads(n)
+                with dk.backend("cpp"):
+                    runs.append(dk.aggregate(g, x.astype(np.float32), reduce, None if w is None else w.astype(np.float32)))
+        finally:
+            dk.set_num_threads(before)
+        np.testing.assert_array_equal(*runs)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["cpp", "numba"])
 def test_64bit_offsets_past_2_31(backend):

@@ -1,7 +1,9 @@
 """The CSR kernels of numba and cpp, written once over six primitives each backend provides.
 
 Both backends implement the same primitives with the same arguments (numba.py in Python,
-csrc/graph.cpp in C++); this module turns them into the registry's kernels:
+csrc/graph.cpp in C++); this module turns them into the registry's kernels. The C++
+segment_sum and segment_maxmin also take a tiled CSR and its number of passes as a last
+argument (Csr.tiled, Csr.passes): the forward of a large x gathers it in cache-sized ranges.
 
   segment_sum(indptr, col, perm, w, x, scale, out)
       out[r, h, :] = scale[r] * sum_{k in row r} w[perm[k], h] * x[col[k], h, :]
@@ -29,18 +31,22 @@ import numpy as np
 from .structure import Csr
 
 
-def make_kernels(backend: str, P: SimpleNamespace) -> SimpleNamespace:
-    """The registry's kernels for `backend`, over its primitives P."""
+def make_kernels(backend: str, P: SimpleNamespace, tiled: bool = False) -> SimpleNamespace:
+    """The registry's kernels for `backend`, over its primitives P (tiled: they take a tiled CSR)."""
 
     def aggregate_forward(csr: Csr, x: np.ndarray, w: np.ndarray | None, reduce: str) -> np.ndarray:
         N, F = x.shape
         out = np.empty((csr.n_dst, F), x.dtype)
+        indptr, col, perm, tiles = csr.indptr, csr.col, csr.perm, ()
+        passes = csr.passes(F * x.itemsize) if tiled else 1
+        if passes > 1:  # the tiled perm maps positions to edge ids too: w stays as it is
+            (indptr, col, perm), tiles = csr.tiled(passes), (passes,)
         if reduce in ("sum", "mean"):
             scale = csr.inv_degree(x.dtype) if reduce == "mean" else None
             w2 = None if w is None else w.reshape(-1, 1)
-            P.segment_sum(csr.indptr, csr.col, csr.perm, w2, x.reshape(N, 1, F), scale, out.reshape(-1, 1, F))
+            P.segment_sum(indptr, col, perm, w2, x.reshape(N, 1, F), scale, out.reshape(-1, 1, F), *tiles)
         else:
-            P.segment_maxmin(csr.indptr, csr.col, csr.perm, w, x, reduce == "max", out)
+            P.segment_maxmin(indptr, col, perm, w, x, reduce == "max", out, *tiles)
         return out
 
     # sum/mean: dx[u] = sum_{e: u -> v} w[e] / deg(v) * g[v] runs over the transpose, with the

@@ -18,7 +18,7 @@ def _c(name: str):
 _K = make_kernels("cpp", SimpleNamespace(
     segment_sum=_c("graph_segment_sum"), segment_maxmin=_c("graph_segment_maxmin"), edge_dot=_c("graph_edge_dot"),
     maxmin_backward=_c("graph_maxmin_backward"), softmax_forward=_c("graph_softmax_forward"),
-    softmax_backward=_c("graph_softmax_backward")))
+    softmax_backward=_c("graph_softmax_backward")), tiled=True)
 aggregate_forward_cpp = _K.aggregate_forward_cpp
 aggregate_backward_cpp = _K.aggregate_backward_cpp
 sddmm_forward_cpp = _K.sddmm_forward_cpp
