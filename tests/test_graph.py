@@ -125,13 +125,14 @@ def test_cpp_tiled_passes(reduce, weighted, rng, monkeypatch):
     g = dk.Graph(np.stack([src, dst]), num_nodes=V)
     x = rng.standard_normal((V, F))
     w = rng.standard_normal(E) if weighted else None
+    x32, w32 = x.astype(np.float32), None if w is None else w.astype(np.float32)
     with dk.backend("reference"):
         ref = dk.aggregate(g, x, reduce, w)
     with dk.backend("cpp"):
         one_pass = dk.aggregate(g, x, reduce, w)
     assert g._csr.passes(F * 8) == 1
     for want in (2, 5):
-        monkeypatch.setattr(structure, "last_level_cache_bytes", lambda: V * F * 8 // want)
+        monkeypatch.setattr(structure, "last_level_cache_bytes", lambda n=want: V * F * 8 // n)
         assert g._csr.passes(F * 8) == want
         with dk.backend("cpp"):
             out = dk.aggregate(g, x, reduce, w)
@@ -144,7 +145,7 @@ def test_cpp_tiled_passes(reduce, weighted, rng, monkeypatch):
             for n in (1, 2):
                 dk.set_num_threads(n)
                 with dk.backend("cpp"):
-                    runs.append(dk.aggregate(g, x.astype(np.float32), reduce, None if w is None else w.astype(np.float32)))
+                    runs.append(dk.aggregate(g, x32, reduce, w32))
         finally:
             dk.set_num_threads(before)
         np.testing.assert_array_equal(*runs)
