@@ -112,7 +112,7 @@ inline void prefetch_n(const void* p, int64_t bytes) {
 
 // ---- segment sum ------------------------------------------------------------------------
 
-// o[0 : NV*W] = scale * (o if acc_in) + sum_{k0 <= k < k1} w_k * x[col[k]*ldx + 0 : NV*W]; x, o and w
+// o[0 : NV*W] = scale * ((o if acc_in) + sum_{k0 <= k < k1} w_k * x[col[k]*ldx + 0 : NV*W]); x, o and w
 // are already offset to this head and feature block (w: stride H per edge).
 // Prefetch: edge k + pd's row, this block's features while it is in this row, else the
 // features the next rows start with (x0 + col * ldx: head 0, feature 0), for NV*W elements.
@@ -203,7 +203,7 @@ inline int64_t row_prefetch_distance(int64_t F, int64_t W, int64_t size) {
   return prefetch_distance((F < 8 * W ? F : 8 * W) * size);
 }
 
-// o[0 : H*F] = s * (o if acc_in) + sum over edges [k0, k1) (one row, or one piece of a hub row);
+// o[0 : H*F] = s * ((o if acc_in) + sum over edges [k0, k1)) (one row, or one piece of a hub row);
 // kend: how far the prefetch may run past k1 (the end of this thread's range; k1 for a piece).
 template <typename T, typename I, bool WEIGHTED>
 inline void sum_row(int64_t k0, int64_t k1, const I* col, const int64_t* perm, const T* w, int64_t H, int64_t F,
