@@ -183,21 +183,17 @@ def test_decode_path_splits_long_key_sequences(kw):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_cpp_backward_bitwise_repeatable_across_thread_counts(dtype):
+def test_cpp_backward_bitwise_repeatable_across_thread_counts(dtype, num_threads):
     """3 key heads: one thread runs the fused schedule (one task per key head), two and three
     threads the two-pass one; every block sums in the same order, so all agree bit for bit."""
     rng = np.random.default_rng(6)
     q, k, v = (_rand(rng, 1, 3, n, 40, dtype=dtype) for n in (300, 290, 290))
     g = _rand(rng, 1, 3, 300, 40, dtype=dtype)
-    outs, before = [], dk.get_num_threads()
-    try:
-        for threads in (1, 2, 3):
-            dk.set_num_threads(threads)
-            with dk.backend("cpp"):
-                _, saved = dk.scaled_dot_product_attention_forward(q, k, v, is_causal=True)
-                outs.append(dk.scaled_dot_product_attention_backward(g, saved)[:3])
-    finally:
-        dk.set_num_threads(before)
+    outs = []
+    for threads in (1, 2, 3):
+        with num_threads(threads), dk.backend("cpp"):
+            _, saved = dk.scaled_dot_product_attention_forward(q, k, v, is_causal=True)
+            outs.append(dk.scaled_dot_product_attention_backward(g, saved)[:3])
     for o in outs[1:]:
         for a, b in zip(outs[0], o):
             np.testing.assert_array_equal(a, b)

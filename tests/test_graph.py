@@ -75,7 +75,7 @@ def test_graph_built_once_reused(rng):
 
 @pytest.mark.skipif(not _cpp.available(), reason="C++ backend not built")
 @pytest.mark.parametrize("reduce", ["sum", "mean", "max", "min"])
-def test_cpp_same_bits_at_any_thread_count(reduce, rng):
+def test_cpp_same_bits_at_any_thread_count(reduce, rng, num_threads):
     """A target hub with most edges and a source hub (the backward's transpose), both past
     HUB_EDGES = 8192 (cut into pieces): 1 or 2 threads give the same bits, and the float64
     result matches the reference."""
@@ -96,15 +96,10 @@ def test_cpp_same_bits_at_any_thread_count(reduce, rng):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-9)
     x, w = x.astype(np.float32), w.astype(np.float32)
     runs = []
-    before = dk.get_num_threads()
-    try:
-        for n in (1, 2):
-            dk.set_num_threads(n)
-            with dk.backend("cpp"):
-                out, saved = dk.aggregate_forward(g, x, reduce, w)
-                runs.append([out, *dk.aggregate_backward(out, saved)])
-    finally:
-        dk.set_num_threads(before)
+    for n in (1, 2):
+        with num_threads(n), dk.backend("cpp"):
+            out, saved = dk.aggregate_forward(g, x, reduce, w)
+            runs.append([out, *dk.aggregate_backward(out, saved)])
     for a, b in zip(*runs):
         np.testing.assert_array_equal(a, b)
 
@@ -112,7 +107,7 @@ def test_cpp_same_bits_at_any_thread_count(reduce, rng):
 @pytest.mark.skipif(not _cpp.available(), reason="C++ backend not built")
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("reduce", ["sum", "mean", "max", "min"])
-def test_cpp_tiled_passes(reduce, weighted, rng, monkeypatch):
+def test_cpp_tiled_passes(reduce, weighted, rng, monkeypatch, num_threads):
     """x larger than the last-level cache is gathered in passes over source ranges (Csr.tiled).
     A pretend cache forces 2 and 5 passes on a graph with a hub row past HUB_EDGES, empty rows
     and a row whose edges all lie in the last pass: the reference's result (max/min: the bits of
@@ -140,14 +135,9 @@ def test_cpp_tiled_passes(reduce, weighted, rng, monkeypatch):
         if reduce in ("max", "min"):
             np.testing.assert_array_equal(out, one_pass)
         runs = []
-        before = dk.get_num_threads()
-        try:
-            for n in (1, 2):
-                dk.set_num_threads(n)
-                with dk.backend("cpp"):
-                    runs.append(dk.aggregate(g, x32, reduce, w32))
-        finally:
-            dk.set_num_threads(before)
+        for n in (1, 2):
+            with num_threads(n), dk.backend("cpp"):
+                runs.append(dk.aggregate(g, x32, reduce, w32))
         np.testing.assert_array_equal(*runs)
 
 
