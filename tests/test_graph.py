@@ -141,6 +141,20 @@ def test_cpp_tiled_passes(reduce, weighted, rng, monkeypatch, num_threads):
         np.testing.assert_array_equal(*runs)
 
 
+def test_tiled_passes_only_where_x_is_reread(rng, monkeypatch):
+    """Passes pay for rereading the output with cache hits on x: a graph with 10 edges per node
+    gets them once x outgrows the cache; a sparse graph and a scatter (each x row read once) do not."""
+    from dlkernels.ops.graph import structure
+    monkeypatch.setattr(structure, "last_level_cache_bytes", lambda: 1000 * 64 // 3 + 1)
+    dense = dk.Graph(rng.integers(0, 1000, (2, 10_000)), num_nodes=1000)
+    sparse = dk.Graph(rng.integers(0, 1000, (2, 3000)), num_nodes=1000)
+    scatter = structure.Csr(10_000, 100, np.arange(10_000), rng.integers(0, 100, 10_000))
+    assert dense._csr.passes(64) == 3
+    assert dense._csr.passes(16) == 1  # x fits
+    assert sparse._csr.passes(64) == 1
+    assert scatter.passes(64) == 1
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["cpp", "numba"])
 def test_64bit_offsets_past_2_31(backend):

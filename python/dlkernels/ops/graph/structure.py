@@ -134,10 +134,12 @@ class Csr:
         writes the output once more. Measured on bench/'s graphs (2 cores, 32 MiB L3): G1 and G2
         (x 51 MB, 10 edges per row) ran 15-25% faster in 2 passes; G3 (x 87 MB, 6.9 edges per
         row) gained nothing at 2 to 6. So: enough passes for a range to fit the cache, and only
-        while the rows have at least 4 edges per extra pass.
+        while the rows have at least 4 edges per extra pass and the edges read each row of x twice
+        or more on average (a scatter reads each once: a cache cannot help it).
         """
         p = min(-(-self.n_src * row_bytes // last_level_cache_bytes()), 8)
-        return p if p > 1 and self.num_edges >= 4 * (p - 1) * self.n_dst else 1
+        reused = self.num_edges >= 2 * self.n_src
+        return p if p > 1 and reused and self.num_edges >= 4 * (p - 1) * self.n_dst else 1
 
     @property
     def in_degree(self) -> np.ndarray:
