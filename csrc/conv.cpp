@@ -17,10 +17,12 @@
 //             dw = dy @ col^T with col^T's panels built from the padded sample too.
 //   depthwise groups == C and K == C*m: a direct kernel vectorized along the output width,
 //             reading a zero-padded, stride-deinterleaved copy of each input plane so that
-//             every tap is one unaligned vector load. Backward, one pass per plane: dw as
-//             vector dot products per tap with db summed on the way; dx by the flipped-filter
-//             forward kernel (stride 1, m == 1) or by vectorized scatter-adds into a padded
-//             plane. Other shapes fall back to im2col.
+//             every tap is one unaligned vector load. Backward, one pass per plane: with stride
+//             1 and m == 1, one zero-padded copy of the dy plane serves both gradients, each of
+//             its shifted vectors loaded once for dx (the flipped-filter forward convolution)
+//             and dw (against x read in place); otherwise dw as vector dot products per tap with
+//             db summed on the way and dx by vectorized scatter-adds into a padded plane.
+//             Other shapes fall back to im2col.
 //
 // Threads (all static, no atomics): the forward splits its independent column blocks over
 // the OpenMP threads (each thread calls gemm(parallel=false) on its own buffers), or runs them
