@@ -17,10 +17,12 @@
 //             dw = dy @ col^T with col^T's panels built from the padded sample too.
 //   depthwise groups == C and K == C*m: a direct kernel vectorized along the output width,
 //             reading a zero-padded, stride-deinterleaved copy of each input plane so that
-//             every tap is one unaligned vector load. Backward, one pass per plane: dw as
-//             vector dot products per tap with db summed on the way; dx by the flipped-filter
-//             forward kernel (stride 1, m == 1) or by vectorized scatter-adds into a padded
-//             plane. Other shapes fall back to im2col.
+//             every tap is one unaligned vector load. Backward, one pass per plane: with stride
+//             1 and m == 1, one zero-padded copy of the dy plane serves both gradients, each of
+//             its shifted vectors loaded once for dx (the flipped-filter forward convolution)
+//             and dw (against x read in place); otherwise dw as vector dot products per tap with
+//             db summed on the way and dx by vectorized scatter-adds into a padded plane.
+//             Other shapes fall back to im2col.
 //
 // Threads (all static, no atomics): the forward splits its independent column blocks over
 // the OpenMP threads (each thread calls gemm(parallel=false) on its own buffers), or runs them
@@ -1019,16 +1021,16 @@ void conv2d_forward_depthwise(const ConvShape& s, const T* x, const T* w, const 
 
 namespace {
 
-// One plane of the backward pass. dyb holds the dy plane in rows ldd apart, each zero from Q
-// up to Qv (a multiple of the vector width), so every load is a full vector and the tail
-// lanes add zero.
+// One plane of the general backward (strides, multipliers). dyb holds the dy plane in rows Qv
+// apart (Q rounded up to the vector width), each zero from Q up to Qv, so every load is a full
+// vector and the tail lanes add zero.
 //   dw: accw[t] += sum_{p,q} dy[p,q] * buf[p*sh*rowlen + off[t] + q]
 //   dx: dbuf[p*sh*rowlen + off[t] + q] += wt[t] * dy[p,q]
 //   db: *accb += sum_{p,q} dy[p,q], in the dw pass with a known tap count (accb null: not here)
 // Taps are the outer loop, so consecutive read-modify-writes of dbuf never overlap (no
 // store-to-load forwarding stalls) and the dw sums live in registers.
 template <typename T, int NT>
-void dw_plane_bwd(const ConvShape& s, const DwGeom& g, const T* dyb, int64_t ldd, int64_t Qv, const T* buf,
+void dw_plane_bwd(const ConvShape& s, const DwGeom& g, const T* dyb, int64_t Qv, const T* buf,
                   T* dbuf, const T* wt, vec<T>* accw, vec<T>* accb) {
   constexpr int64_t V = simd<T>::width;
   const int64_t ntaps = NT > 0 ? NT : s.R * s.S;
@@ -1042,7 +1044,7 @@ void dw_plane_bwd(const ConvShape& s, const DwGeom& g, const T* dyb, int64_t ldd
       for (int t = 0; t < NT; ++t) a[t][0] = a[t][1] = vbroadcast(T(0));
       for (int64_t p = 0; p < s.P; ++p) {
         const T* src = buf + p * rstep;
-        const T* dr = dyb + p * ldd;
+        const T* dr = dyb + p * Qv;
         int64_t q = 0;
         for (; q + 2 * V <= Qv; q += 2 * V) {
           const vec<T> d0 = vload(dr + q), d1 = vload(dr + q + V);
@@ -1072,7 +1074,7 @@ void dw_plane_bwd(const ConvShape& s, const DwGeom& g, const T* dyb, int64_t ldd
       vec<T> a0 = vbroadcast(T(0)), a1 = a0;
       for (int64_t p = 0; p < s.P; ++p) {
         const T* src = buf + p * rstep + o;
-        const T* dr = dyb + p * ldd;
+        const T* dr = dyb + p * Qv;
         int64_t q = 0;
         for (; q + 2 * V <= Qv; q += 2 * V) {
           a0 += vload(dr + q) * vload(src + q);
@@ -1086,11 +1088,57 @@ void dw_plane_bwd(const ConvShape& s, const DwGeom& g, const T* dyb, int64_t ldd
       const T wv = wt[t];
       for (int64_t p = 0; p < s.P; ++p) {
         T* dst = dbuf + p * rstep + o;
-        const T* dr = dyb + p * ldd;
+        const T* dr = dyb + p * Qv;
         for (int64_t q = 0; q < Qv; q += V) vstore(dst + q, vload(dst + q) + wv * vload(dr + q));
       }
     }
   }
+}
+
+// One plane of the stride-1, multiplier-1 backward: dx and dw in one pass over the padded dy
+// plane dyb, laid out for the flipped convolution t (whose output plane is dx's, H x W):
+//   D_u(ih, iw) = dyb[ih*rowlen + off[u] + iw]    tap u of the flipped filter wf
+//   dx[ih, iw]  = sum_u wf[u] * D_u(ih, iw)
+//   dw[RS-1-u] += sum_{ih,iw} x[ih, iw] * D_u(ih, iw)    (accw[RS-1-u], vector partial sums)
+// Each shifted dy vector is loaded once for both gradients, and x is read in place (no padded
+// copy): the lanes of its row tail are masked to zero, so dy's loads past the row add nothing.
+// DX: write dx (else dw only). NT > 0: the tap count known at compile time.
+template <typename T, int NT, bool DX>
+void dw_plane_bwd_gather(const ConvShape& t, const DwGeom& gt, const T* dyb, const T* xp, const T* wf,
+                         T* dxp, vec<T>* accw) {
+  constexpr int64_t V = simd<T>::width;
+  constexpr int64_t NTC = NT > 0 ? NT : 1;
+  const int64_t ntaps = NT > 0 ? NT : t.R * t.S, H = t.P, W = t.Q;
+  const int64_t* off = gt.off.data();
+  // With NT known, the filter and the dw sums live in registers for the whole plane.
+  vec<T> wv[NTC], aw[NTC];
+  if constexpr (NT > 0)
+    for (int u = 0; u < NT; ++u) wv[u] = vbroadcast(wf[u]), aw[u] = accw[NT - 1 - u];
+  for (int64_t ih = 0; ih < H; ++ih) {
+    const T* drow = dyb + ih * gt.rowlen;
+    const T* xr = xp + ih * W;
+    for (int64_t q = 0; q < W; q += V) {
+      const vec<T> xv = q + V <= W ? vload(xr + q) : vload_n(xr + q, W - q);
+      vec<T> a = vbroadcast(T(0));
+      if constexpr (NT > 0) {
+#pragma GCC unroll 16
+        for (int u = 0; u < NT; ++u) {
+          const vec<T> d = vload(drow + off[u] + q);
+          if constexpr (DX) a += wv[u] * d;
+          aw[u] += xv * d;
+        }
+      } else {
+        for (int64_t u = 0; u < ntaps; ++u) {
+          const vec<T> d = vload(drow + off[u] + q);
+          if constexpr (DX) a += wf[u] * d;
+          accw[ntaps - 1 - u] += xv * d;
+        }
+      }
+      if constexpr (DX) vstore_row(dxp + ih * W + q, a, W - q);
+    }
+  }
+  if constexpr (NT > 0)
+    for (int u = 0; u < NT; ++u) accw[NT - 1 - u] = aw[u];
 }
 
 // A vector in a struct, so that std::vector keeps its alignment attributes.
@@ -1108,6 +1156,14 @@ T hsum(vec<T> v) {
   return acc;
 }
 
+// dw_plane_bwd_gather for a known (9) or any tap count.
+template <typename T, bool DX>
+void dw_plane_bwd_gather_any(const ConvShape& t, const DwGeom& gt, const T* dyb, const T* xp, const T* wf,
+                             T* dxp, vec<T>* accw) {
+  if (t.R * t.S == 9) dw_plane_bwd_gather<T, 9, DX>(t, gt, dyb, xp, wf, dxp, accw);
+  else dw_plane_bwd_gather<T, 0, DX>(t, gt, dyb, xp, wf, dxp, accw);
+}
+
 }  // namespace
 
 template <typename T>
@@ -1119,13 +1175,14 @@ void conv2d_backward_depthwise(const ConvShape& s, const T* dy, const T* x, cons
     return conv2d_backward_im2col(s, dy, x, w, dx, dw, db);
   const int64_t m = s.K / s.C;
   const DwGeom g = dw_geom<T>(s);
-  // dx by gathering (stride 1, multiplier 1): dx is the forward depthwise convolution of dy
-  // with the flipped filters, padded by (R-1)*dh - pad_h on top (likewise left), with dx's
-  // size as the output. Each dx element is then written once instead of R*S read-modify-writes.
+  // The gather (stride 1, multiplier 1): dx is the forward depthwise convolution of dy with the
+  // flipped filters, padded by (R-1)*dh - pad_h on top (likewise left), with dx's size as the
+  // output, so each dx element is written once instead of R*S read-modify-writes; and dw reads
+  // the same padded dy against x in place (dw_plane_bwd_gather): one padded copy per plane.
   ConvShape t = s;
   t.H = s.P, t.W = s.Q, t.P = s.H, t.Q = s.W;
   t.pad_h = (s.R - 1) * s.dil_h - s.pad_h, t.pad_w = (s.S - 1) * s.dil_w - s.pad_w;
-  const bool gather = dx && m == 1 && s.stride_h == 1 && s.stride_w == 1 && t.pad_h >= 0 &&
+  const bool gather = (dx || dw) && m == 1 && s.stride_h == 1 && s.stride_w == 1 && t.pad_h >= 0 &&
                       t.pad_w >= 0 && HW > 0;
   const DwGeom gt = gather ? dw_geom<T>(t) : DwGeom{};
   // Parallel over channels: each thread owns whole channels, so dw and db need no reduction.
@@ -1140,73 +1197,82 @@ void conv2d_backward_depthwise(const ConvShape& s, const T* dy, const T* x, cons
     const int64_t Qv = (s.Q + V - 1) / V * V;
     int64_t c0, c1;
     split(s.C, nt, thread_id(), c0, c1);
-    std::vector<T> buf(dw ? (size_t)g.size : 0), dbuf(dx && !gather ? (size_t)g.size : 0);
-    std::vector<T> dybuf(gather ? (size_t)gt.size : 0), wflip(gather ? (size_t)RS : 0);
-    std::vector<T> dyb(gather ? 0 : (size_t)(s.P * Qv), T(0));  // tails stay zero
     std::vector<VBox<T>> accw((size_t)((c1 - c0) * m * RS), VBox<T>{vbroadcast(T(0))});
     std::vector<VBox<T>> accb((size_t)((c1 - c0) * m), VBox<T>{vbroadcast(T(0))});
-    for (int64_t n = 0; n < s.N; ++n) {
-      for (int64_t c = c0; c < c1; ++c) {
-        const T* xp = x + (n * s.C + c) * HW;
-        if (dw) dw_fill(s, g, xp, buf.data());
-        if (dx && !gather) std::memset(dbuf.data(), 0, sizeof(T) * g.size);
-        // dy's plane in rows ldd apart, zero from Q to Qv: the padded copy the gather made,
-        // else rows copied into dyb
-        const T* dyr = dyb.data();
-        int64_t ldd = Qv;
-        if (gather) {  // m == 1: channel c's only output channel is k = c
-          for (int64_t u = 0; u < RS; ++u) wflip[(size_t)u] = w[c * RS + RS - 1 - u];
+    if (gather) {  // m == 1: channel c's only output channel is k = c
+      std::vector<T> dybuf((size_t)gt.size), wflip((size_t)((c1 - c0) * RS));
+      for (int64_t c = c0; c < c1; ++c)
+        for (int64_t u = 0; u < RS; ++u) wflip[(size_t)((c - c0) * RS + u)] = w[c * RS + RS - 1 - u];
+      for (int64_t n = 0; n < s.N; ++n) {
+        for (int64_t c = c0; c < c1; ++c) {
+          const int64_t kl = c - c0;
           dw_fill(t, gt, dy + (n * s.K + c) * PQ, dybuf.data());
-          T* dxp = dx + (n * s.C + c) * HW;
-          if (RS == 9) dw_plane_fwd<T, 9>(t, gt, dybuf.data(), wflip.data(), T(0), dxp);
-          else dw_plane_fwd<T, 0>(t, gt, dybuf.data(), wflip.data(), T(0), dxp);
-          dyr = dybuf.data() + t.pad_h * gt.rowlen + t.pad_w;  // zeros follow each row for > V
-          ldd = gt.rowlen;
-        }
-        for (int64_t j = 0; j < m; ++j) {
-          const int64_t k = c * m + j, kl = (c - c0) * m + j;  // kl: k among this thread's channels
-          const T* dyp = dy + (n * s.K + k) * PQ;
-          if (!db && !dw && !(dx && !gather)) continue;
-          if (!gather)
-            for (int64_t p = 0; p < s.P; ++p) copy_row(dyb.data() + p * Qv, dyp + p * s.Q, s.Q);
-          const bool db_in_dw = db && dw && RS == 9;  // dw_plane_bwd<T, 9> sums db on the way
-          if (db && !db_in_dw) {
+          if (db) {  // dy's rows in the padded copy, zero from Q up to Qv
+            const T* dyr = dybuf.data() + t.pad_h * gt.rowlen + t.pad_w;
             vec<T> a = accb[(size_t)kl].v;
             for (int64_t p = 0; p < s.P; ++p)
-              for (int64_t q = 0; q < Qv; q += V) a += vload(dyr + p * ldd + q);
+              for (int64_t q = 0; q < Qv; q += V) a += vload(dyr + p * gt.rowlen + q);
             accb[(size_t)kl].v = a;
           }
-          if (!dw && !(dx && !gather)) continue;
-          T* bp = dw ? buf.data() : nullptr;
-          T* dbp = dx && !gather ? dbuf.data() : nullptr;
+          const T* xp = x + (n * s.C + c) * HW;
+          T* dxp = dx ? dx + (n * s.C + c) * HW : nullptr;
+          const T* wf = wflip.data() + kl * RS;
           vec<T>* aw = &accw[(size_t)(kl * RS)].v;
-          vec<T>* ab = db_in_dw ? &accb[(size_t)kl].v : nullptr;
-          if (RS == 9) dw_plane_bwd<T, 9>(s, g, dyr, ldd, Qv, bp, dbp, w + k * RS, aw, ab);
-          else dw_plane_bwd<T, 0>(s, g, dyr, ldd, Qv, bp, dbp, w + k * RS, aw, nullptr);
+          if (dw && dx) dw_plane_bwd_gather_any<T, true>(t, gt, dybuf.data(), xp, wf, dxp, aw);
+          else if (dw) dw_plane_bwd_gather_any<T, false>(t, gt, dybuf.data(), xp, wf, dxp, aw);
+          else if (RS == 9) dw_plane_fwd<T, 9>(t, gt, dybuf.data(), wf, T(0), dxp);
+          else dw_plane_fwd<T, 0>(t, gt, dybuf.data(), wf, T(0), dxp);
         }
-        if (dx && !gather) {
-          T* dxp = dx + (n * s.C + c) * HW;
-          const int64_t sw = s.stride_w;
-          for (int64_t ih = 0; ih < s.H; ++ih) {
-            T* dr = dxp + ih * s.W;
-            const int64_t i = ih + s.pad_h;
-            if (i >= g.Hp) {
-              std::memset(dr, 0, sizeof(T) * s.W);
-              continue;
+      }
+    } else {
+      std::vector<T> buf(dw ? (size_t)g.size : 0), dbuf(dx ? (size_t)g.size : 0);
+      std::vector<T> dyb((size_t)(s.P * Qv), T(0));  // tails stay zero
+      for (int64_t n = 0; n < s.N; ++n) {
+        for (int64_t c = c0; c < c1; ++c) {
+          if (dw) dw_fill(s, g, x + (n * s.C + c) * HW, buf.data());
+          if (dx) std::memset(dbuf.data(), 0, sizeof(T) * g.size);
+          for (int64_t j = 0; j < m; ++j) {
+            const int64_t k = c * m + j, kl = (c - c0) * m + j;  // kl: k among this thread's channels
+            const T* dyp = dy + (n * s.K + k) * PQ;
+            for (int64_t p = 0; p < s.P; ++p) copy_row(dyb.data() + p * Qv, dyp + p * s.Q, s.Q);
+            const bool db_in_dw = db && dw && RS == 9;  // dw_plane_bwd<T, 9> sums db on the way
+            if (db && !db_in_dw) {
+              vec<T> a = accb[(size_t)kl].v;
+              for (int64_t i = 0; i < s.P * Qv; i += V) a += vload(dyb.data() + i);
+              accb[(size_t)kl].v = a;
             }
-            const T* src = dbuf.data() + i * g.rowlen;
-            // input column iw is padded column iw + pad_w, inside the buffer while < Wp
-            const int64_t wn = std::max<int64_t>(0, std::min<int64_t>(s.W, g.Wp - s.pad_w));
-            if (sw == 1) {
-              std::memcpy(dr, src + s.pad_w, sizeof(T) * wn);
-            } else {
-              int64_t ph = s.pad_w % sw, u = s.pad_w / sw;
-              for (int64_t iw = 0; iw < wn; ++iw) {
-                dr[iw] = src[ph * g.U + u];
-                if (++ph == sw) ph = 0, ++u;
+            if (!dw && !dx) continue;
+            T* bp = dw ? buf.data() : nullptr;
+            T* dbp = dx ? dbuf.data() : nullptr;
+            vec<T>* aw = &accw[(size_t)(kl * RS)].v;
+            vec<T>* ab = db_in_dw ? &accb[(size_t)kl].v : nullptr;
+            if (RS == 9) dw_plane_bwd<T, 9>(s, g, dyb.data(), Qv, bp, dbp, w + k * RS, aw, ab);
+            else dw_plane_bwd<T, 0>(s, g, dyb.data(), Qv, bp, dbp, w + k * RS, aw, nullptr);
+          }
+          if (dx) {
+            T* dxp = dx + (n * s.C + c) * HW;
+            const int64_t sw = s.stride_w;
+            for (int64_t ih = 0; ih < s.H; ++ih) {
+              T* dr = dxp + ih * s.W;
+              const int64_t i = ih + s.pad_h;
+              if (i >= g.Hp) {
+                std::memset(dr, 0, sizeof(T) * s.W);
+                continue;
               }
+              const T* src = dbuf.data() + i * g.rowlen;
+              // input column iw is padded column iw + pad_w, inside the buffer while < Wp
+              const int64_t wn = std::max<int64_t>(0, std::min<int64_t>(s.W, g.Wp - s.pad_w));
+              if (sw == 1) {
+                std::memcpy(dr, src + s.pad_w, sizeof(T) * wn);
+              } else {
+                int64_t ph = s.pad_w % sw, u = s.pad_w / sw;
+                for (int64_t iw = 0; iw < wn; ++iw) {
+                  dr[iw] = src[ph * g.U + u];
+                  if (++ph == sw) ph = 0, ++u;
+                }
+              }
+              if (wn < s.W) std::memset(dr + wn, 0, sizeof(T) * (s.W - wn));
             }
-            if (wn < s.W) std::memset(dr + wn, 0, sizeof(T) * (s.W - wn));
           }
         }
       }
@@ -1214,7 +1280,7 @@ void conv2d_backward_depthwise(const ConvShape& s, const T* dy, const T* x, cons
     for (int64_t kl = 0; kl < (c1 - c0) * m; ++kl) {
       const int64_t k = c0 * m + kl;
       if (dw)
-        for (int64_t t = 0; t < RS; ++t) dw[k * RS + t] = hsum<T>(accw[(size_t)(kl * RS + t)].v);
+        for (int64_t u = 0; u < RS; ++u) dw[k * RS + u] = hsum<T>(accw[(size_t)(kl * RS + u)].v);
       if (db) db[k] = hsum<T>(accb[(size_t)kl].v);
     }
   }
