@@ -40,11 +40,14 @@ namespace dlk {
 namespace DLK_ISA {
 namespace {
 
+// Per-call scratch, freed on return (no global state). Left uninitialised: every user writes
+// it before reading, and zeroing the packed weights cost as much as packing them (a cell step).
 template <typename T>
-struct Workspace {  // per-call scratch, freed on return (no global state)
-  std::vector<T> v;
-  explicit Workspace(int64_t n) : v((size_t)std::max<int64_t>(n, 1)) {}
-  T* data() { return v.data(); }
+struct Workspace {
+  std::unique_ptr<T[]> p;
+  explicit Workspace(int64_t n) : p(new T[(size_t)std::max<int64_t>(n, 1)]) {}
+  T* data() { return p.get(); }
+  const T* data() const { return p.get(); }
 };
 
 // ---- vector math --------------------------------------------------------------------------
@@ -154,10 +157,10 @@ constexpr int64_t SMALL_M = 4;
 template <typename T>
 struct Packed {  // K x N, element (k, j) at B[k * rsb + j * csb], packed for gemm_prepacked_b
   int64_t K, N;
-  std::vector<T> buf;
-  Packed(int64_t K_, int64_t N_, const T* B, int64_t rsb, int64_t csb) : K(K_), N(N_) {
+  Workspace<T> buf;
+  Packed(int64_t K_, int64_t N_, const T* B, int64_t rsb, int64_t csb)
+      : K(K_), N(N_), buf(K_ > 0 && N_ > 0 ? gemm_packed_b_size<T>(K_, N_) : 0) {
     if (K <= 0 || N <= 0) return;
-    buf.resize((size_t)gemm_packed_b_size<T>(K, N));
     gemm_pack_b<T>(K, N, B, rsb, csb, buf.data());
   }
   // C (M x N, row stride ldc) (+)= A (M x K, row stride lda) @ B, on the calling thread
@@ -204,11 +207,11 @@ template <typename T>
 struct DotPacked {
   static constexpr int W = simd<T>::width;
   int64_t n, K, kv;  // kv: vectors per row
-  std::vector<T> buf;
+  Workspace<T> buf;
   template <typename RowFn>  // row(i): the start of row i
-  DotPacked(int64_t n_, int64_t K_, RowFn row) : n(n_), K(K_), kv((K_ + W - 1) / W) {
+  DotPacked(int64_t n_, int64_t K_, RowFn row)
+      : n(n_), K(K_), kv((K_ + W - 1) / W), buf((n_ + W - 1) / W * kv * W * W) {
     const int64_t groups = (n + W - 1) / W;
-    buf.resize((size_t)std::max<int64_t>(groups * kv * W * W, 1));
     const int64_t full = K / W;
     for (int64_t i = 0; i < groups * W; ++i) {
       T* dst = buf.data() + ((i / W) * kv * W + i % W) * W;
@@ -437,8 +440,8 @@ void gates_backward(int64_t n, int64_t H, const T* gates, const T* ct, const T* 
 // The rows of a gate weight w (4H x K: W_ih or W_hh) for hidden units s of all four gates,
 // gathered (4 |s| x K): the columns of wᵀ that one thread's products need, gate q's at q |s|.
 template <typename T>
-std::vector<T> gather_gate_rows(const T* w, int64_t H, int64_t K, Slice s) {
-  std::vector<T> g((size_t)std::max<int64_t>(4 * s.size() * K, 1));
+Workspace<T> gather_gate_rows(const T* w, int64_t H, int64_t K, Slice s) {
+  Workspace<T> g(4 * s.size() * K);
   for (int q = 0; q < 4; ++q)
     std::memcpy(g.data() + q * s.size() * K, w + (q * H + s.j0) * K, (size_t)(s.size() * K) * sizeof(T));
   return g;
@@ -485,8 +488,8 @@ void lstm_forward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const 
     }
     // packed (B > SMALL_M): W_ihᵀ and W_hhᵀ restricted to this thread's gate columns (I x 4hs,
     // P x 4hs), W_hrᵀ to its outputs (H x ps)
-    const std::vector<T> wgi = small ? std::vector<T>() : gather_gate_rows(w_ih, H, I, s);
-    const std::vector<T> wg = small ? std::vector<T>() : gather_gate_rows(w_hh, H, P, s);
+    const Workspace<T> wgi = gather_gate_rows(w_ih, H, small ? 0 : I, s);
+    const Workspace<T> wg = gather_gate_rows(w_hh, H, small ? 0 : P, s);
     const Packed<T> pk_ih(small ? 0 : I, 4 * hs, wgi.data(), 1, I);
     const Packed<T> pk_hh(small ? 0 : P, 4 * hs, wg.data(), 1, P);
     const Packed<T> pk_hr(small || !proj ? 0 : H, ps.size(), proj ? w_hr + ps.j0 * H : nullptr, 1, H);

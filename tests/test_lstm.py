@@ -165,3 +165,30 @@ def test_cpp_same_bits_at_any_thread_count(B, H):
         _cpp._C.set_num_threads(before)
     for a, e in zip(*res):
         np.testing.assert_array_equal(a, e)
+
+
+@pytest.mark.parametrize("cell", [False, True])
+def test_fast_front_same_bits_as_checked_front(cell):
+    """The front's fast path (contiguous NumPy arrays, every state and bias given) gives the same
+    bits as the general path (here taken by a Fortran-ordered w_hh), forward and backward, and a
+    wrong shape on the fast path's inputs is still reported by name."""
+    rng = np.random.default_rng(5)
+    T, B, I, H = 3, 6, 5, 7
+    x = rng.standard_normal((B, I) if cell else (T, B, I), dtype=np.float32)
+    h, c = rng.standard_normal((B, H), dtype=np.float32), rng.standard_normal((B, H), dtype=np.float32)
+    wi = rng.standard_normal((4 * H, I), dtype=np.float32) * 0.3
+    wh = rng.standard_normal((4 * H, H), dtype=np.float32) * 0.3
+    bi, bh = rng.standard_normal(4 * H, dtype=np.float32), rng.standard_normal(4 * H, dtype=np.float32)
+    grads = (h, c) if cell else (rng.standard_normal((T, B, H), dtype=np.float32), h, c)
+    fwd, bwd = (dk.lstm_cell_forward, dk.lstm_cell_backward) if cell else (dk.lstm_forward, dk.lstm_backward)
+    res = []
+    with dk.backend("cpp"):
+        for w in (wh, np.asfortranarray(wh)):
+            out, saved = fwd(x, h, c, wi, w, bi, bh)
+            res.append([*out[:1], *(out[1] if not cell else out[1:]), *bwd(grads, saved)])
+        for a, e in zip(*res):
+            np.testing.assert_array_equal(a, e)
+        with pytest.raises(ValueError, match="hx"):
+            fwd(x, h[:, :-1].copy(), c, wi, wh, bi, bh)
+        with pytest.raises(ValueError, match="b_hh"):
+            fwd(x, h, c, wi, wh, bi, bh[:-1].copy())

@@ -150,8 +150,38 @@ def _prepare(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_first, lengths, 
     return args, given, unbatched
 
 
+_FAST_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _prepare_fast(input, hx, cx, w_ih, w_hh, b_ih, b_hh, cell):
+    """_prepare's result for the common case, in a few attribute reads (its checks cost as much
+    as a small step's kernel): C-contiguous NumPy arrays of one CPU float dtype, hx, cx and both
+    biases given, batched, time-major, no projection, no lengths, every shape right. None for
+    anything else, which _prepare then checks and reports."""
+    arrays = (input, hx, cx, w_ih, w_hh, b_ih, b_hh)
+    dt = getattr(input, "dtype", None)
+    if dt not in _FAST_DTYPES:
+        return None
+    for a in arrays:
+        if type(a) is not np.ndarray or a.dtype != dt or not a.flags.c_contiguous:
+            return None
+    if input.ndim != (2 if cell else 3) or w_hh.ndim != 2:
+        return None
+    G, H = w_hh.shape
+    B, I = input.shape[-2:]
+    if (H < 1 or G != 4 * H or w_ih.shape != (G, I) or b_ih.shape != (G,) or b_hh.shape != (G,)
+            or hx.shape != (B, H) or cx.shape != (B, H)):
+        return None
+    x3 = input[None] if cell else input
+    return (x3, hx, cx, w_ih, w_hh, b_ih + b_hh, None, None), (True, True, True, True), False
+
+
 def _forward(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_first, lengths, cell):
-    args, given, unbatched = _prepare(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_first, lengths, cell)
+    fast = None
+    if w_hr is None and lengths is None and not batch_first:
+        fast = _prepare_fast(input, hx, cx, w_ih, w_hh, b_ih, b_hh, cell)
+    args, given, unbatched = fast or _prepare(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_first,
+                                              lengths, cell)
     x3, h0, c0, wi, wh, _, wr, L = args
     y, h_n, c_n, gates, cs = dispatch("lstm_cell" if cell else "lstm", "forward", device(x3), *args)
     saved = LSTMSaved(x3, h0, c0, wi, wh, wr, L, gates, cs, y, given, bool(batch_first), unbatched)
@@ -188,6 +218,9 @@ def lstm_cell(input: Any, hx: Any, cx: Any, w_ih: Any, w_hh: Any, b_ih: Any = No
 
 
 def _grad(g: Any, name: str, shape: tuple[int, ...], ref: Array) -> Array:
+    if (type(g) is np.ndarray and type(ref) is np.ndarray and g.dtype == ref.dtype and g.shape == shape
+            and g.flags.c_contiguous):
+        return g  # what the checks below would pass through unchanged
     if g is None:
         return np.zeros(shape, ref.dtype) if device(ref) == "cpu" else __import__("cupy").zeros(shape, ref.dtype)
     a = as_array(g, name)
@@ -220,9 +253,11 @@ def lstm_backward(grads: Any, saved: LSTMSaved) -> tuple:
     ref = saved.input
     if g_out is not None and saved.batch_first:
         g_out = as_array(g_out, "grad_output").swapaxes(0, 1)
-    if g_out is not None and as_array(g_out, "grad_output").shape != (T, B, P):
+    if g_out is not None and type(g_out) is not np.ndarray:
+        g_out = as_array(g_out, "grad_output")
+    if g_out is not None and g_out.shape != (T, B, P):
         want = (B, T, P) if saved.batch_first else (T, B, P)
-        raise ValueError(f"grad_output: expected shape {want}, got {tuple(as_array(g_out, 'grad_output').shape)}")
+        raise ValueError(f"grad_output: expected shape {want}, got {tuple(g_out.shape)}")
     dy = _grad(g_out, "grad_output", (T, B, P), ref)
     dh = _grad(g_h, "grad_h_n", (B, P), ref)
     dc = _grad(g_c, "grad_c_n", (B, H), ref)
