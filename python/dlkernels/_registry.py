@@ -66,6 +66,8 @@ class VariantRefused(ValueError):
 
 
 _REGISTRY: dict[tuple[str, str, str, str], Kernel] = {}
+# (op, direction, backend) -> its kernels, defaults first: what every dispatch looks up
+_BY_OP: dict[tuple[str, str, str], list[Kernel]] = {}
 _AVAILABLE: dict[str, Callable[[], bool]] = {}
 
 
@@ -76,7 +78,10 @@ def register(op: str, direction: str, backend: str, variant: str, fn: Callable[.
     assert key not in _REGISTRY, f"kernel registered twice: {key}"
     if default:
         assert not any(k.default for k in kernels(op, direction, backend)), f"two defaults for {key}"
-    _REGISTRY[key] = Kernel(op, direction, backend, variant, fn, default, supports, prefer)
+    k = Kernel(op, direction, backend, variant, fn, default, supports, prefer)
+    _REGISTRY[key] = k
+    same = _BY_OP.setdefault((op, direction, backend), [])
+    same.insert(0 if default else len(same), k)
 
 
 def set_availability(backend: str, check: Callable[[], bool]) -> None:
@@ -90,6 +95,8 @@ def available(backend: str) -> bool:
 
 def kernels(op: str | None = None, direction: str | None = None, backend: str | None = None) -> list[Kernel]:
     """All registered kernels matching the filters, defaults first, in registration order."""
+    if op is not None and direction is not None and backend is not None:
+        return list(_BY_OP.get((op, direction, backend), ()))
     found = [k for (o, d, b, _), k in _REGISTRY.items()
              if (op is None or o == op) and (direction is None or d == direction) and (backend is None or b == backend)]
     return sorted(found, key=lambda k: not k.default)
