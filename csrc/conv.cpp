@@ -374,14 +374,17 @@ void bwd_sample(const ConvShape& s, const T* dy, const T* x, const T* w, T* dx, 
 // Samples split over nt threads, body(n0, n1, dwp, dbp) adding its samples' dw and db into
 // zeroed per-thread partial sums (null where not wanted), reduced in thread order afterwards:
 // bitwise repeatable at a fixed thread count.
+// partials: the caller's buffer for the nt partial sums.
 template <typename T, typename Body>
-void per_thread_sums(int nt, int64_t N, int64_t wsize, int64_t K, T* dw, T* db, const Body& body) {
+void per_thread_sums(int nt, int64_t N, int64_t wsize, int64_t K, T* dw, T* db,
+                     std::vector<T>& partials, const Body& body) {
   const int64_t part = (dw ? wsize : 0) + (db ? K : 0);
-  std::vector<T> partials((size_t)(part * nt), T(0));
+  T* parts = grow<T>(partials, part * nt);
+  std::fill(parts, parts + part * nt, T(0));
 #pragma omp parallel num_threads(nt)
   {
     const int t = thread_id();
-    T* mine = partials.data() + part * t;
+    T* mine = parts + part * t;
     int64_t n0, n1;
     split(N, nt, t, n0, n1);
     body(n0, n1, dw ? mine : nullptr, db ? mine + (dw ? wsize : 0) : nullptr);
@@ -389,8 +392,8 @@ void per_thread_sums(int nt, int64_t N, int64_t wsize, int64_t K, T* dw, T* db, 
     int64_t b0, e0;
     split(part, nt, t, b0, e0);
     for (int64_t i = b0; i < e0; ++i) {
-      T acc = partials[(size_t)i];
-      for (int u = 1; u < nt; ++u) acc += partials[(size_t)(part * u + i)];
+      T acc = parts[i];
+      for (int u = 1; u < nt; ++u) acc += parts[part * u + i];
       if (dw && i < wsize) dw[i] = acc;
       else db[i - (dw ? wsize : 0)] = acc;
     }
@@ -425,7 +428,8 @@ void conv2d_backward_im2col(const ConvShape& s, const T* dy, const T* x, const T
       bwd_sample(s, dy, x, w, dx, dw, db, n, colbuf, dcolbuf, !in_parallel());
     return;
   }
-  per_thread_sums(nt, s.N, wsize, s.K, dw, db, [&](int64_t n0, int64_t n1, T* dwp, T* dbp) {
+  std::vector<T> partials;
+  per_thread_sums(nt, s.N, wsize, s.K, dw, db, partials, [&](int64_t n0, int64_t n1, T* dwp, T* dbp) {
     std::vector<T> colbuf, dcolbuf;
     for (int64_t n = n0; n < n1; ++n)
       bwd_sample(s, dy, x, w, dx, dwp, dbp, n, colbuf, dcolbuf, false);
@@ -676,6 +680,52 @@ struct DwBufs {
   std::vector<T> pa, panel;
 };
 
+// The implicit path's buffers, kept by each thread from call to call: freshly allocated,
+// buffers this large come from mmap and page-fault on every call (C2's padded sample is 861 KB).
+// A set left holding more than SCRATCH_KEEP bytes is freed, so that a huge one-off convolution
+// does not pin its memory for the life of the thread. Two sets per thread: the calling thread's
+// for the whole call (the team reads its packed filters), trimmed when the call ends, and the
+// worker's for its share (the calling thread is a worker too), trimmed when the share is done.
+constexpr size_t SCRATCH_KEEP = 16u << 20;
+
+template <typename V>
+size_t held(const V& v) {
+  return v.capacity() * sizeof(typename V::value_type);
+}
+
+template <typename T>
+struct CallScratch {
+  std::vector<T> pa, wf, partials;  // packed filters, flipped filters, dw's per-thread sums
+  void trim() {
+    if (held(pa) + held(wf) + held(partials) > SCRATCH_KEEP) *this = CallScratch();
+  }
+};
+
+template <typename T>
+struct WorkScratch {
+  std::vector<T> xpad, panels, outbuf;  // padded samples, packed B panels
+  std::vector<int64_t> src;
+  std::vector<LaneSrc<T>> lanes;
+  DwBufs<T> dw;
+  void trim() {
+    if (held(xpad) + held(panels) + held(outbuf) + held(src) + held(lanes) + held(dw.src) +
+            held(dw.lanes) + held(dw.pa) + held(dw.panel) > SCRATCH_KEEP)
+      *this = WorkScratch();
+  }
+};
+
+template <typename T>
+CallScratch<T>& call_scratch() {
+  thread_local CallScratch<T> s;
+  return s;
+}
+
+template <typename T>
+WorkScratch<T>& work_scratch() {
+  thread_local WorkScratch<T> s;
+  return s;
+}
+
 template <typename T>
 void dw_sample(const ConvShape& s, const Padded& g, const int64_t* rowoff, const T* xpad,
                const T* dy, int64_t n, T* dwp, T* dbp, DwBufs<T>& bf) {
@@ -718,7 +768,7 @@ struct ImplicitForward {
   const T *x, *b;
   T* y;
   std::vector<int64_t> rowoff, units;  // units: first block of each, then the block count
-  std::vector<T> pa;                    // the filters, packed per group
+  const T* pa;                          // the filters, packed per group (the caller's scratch)
   std::vector<Block> blocks;
 
   // False where implicit does not apply (the caller falls back to im2col): strides, an empty
@@ -735,8 +785,9 @@ struct ImplicitForward {
     g = padded_geom(s);
     rowoff = row_offsets(s, g);
     const int64_t asz = gemm_packed_a_size<T>(Kg, CRS);
-    pa.resize((size_t)(G * asz));
-    for (int64_t gi = 0; gi < G; ++gi) gemm_pack_a<T>(Kg, CRS, w + gi * Kg * CRS, CRS, 1, pa.data() + gi * asz);
+    T* packed = grow<T>(call_scratch<T>().pa, G * asz);
+    for (int64_t gi = 0; gi < G; ++gi) gemm_pack_a<T>(Kg, CRS, w + gi * Kg * CRS, CRS, 1, packed + gi * asz);
+    pa = packed;
     // Units handed out dynamically (a thread slowed by other load takes fewer; which thread
     // computes a block changes nothing in it): a sample's blocks together, so that it is
     // padded once, when there are samples enough to balance the threads; else single blocks.
@@ -750,9 +801,7 @@ struct ImplicitForward {
 
   // Called by every thread of the team (no barrier at the end).
   void run() const {
-    std::vector<T> xpad, panels, outbuf;
-    std::vector<int64_t> src;
-    std::vector<LaneSrc<T>> lanes;
+    WorkScratch<T>& sc = work_scratch<T>();
     int64_t loaded = -1;
     const int64_t nunits = (int64_t)units.size() - 1;
 #pragma omp for schedule(dynamic, 1) nowait
@@ -760,14 +809,15 @@ struct ImplicitForward {
       for (int64_t i = units[(size_t)u]; i < units[(size_t)u + 1]; ++i) {
         const Block& blk = blocks[(size_t)i];
         if (blk.n0 != loaded || blk.nb > 1) {  // pad the block's samples (once per sample)
-          T* xp = grow<T>(xpad, blk.nb * g.sample);
+          T* xp = grow<T>(sc.xpad, blk.nb * g.sample);
           for (int64_t v = 0; v < blk.nb; ++v)
             pad_fill(s, g, x + (blk.n0 + v) * s.C * s.H * s.W, xp + v * g.sample);
           loaded = blk.nb > 1 ? -1 : blk.n0;
         }
-        implicit_block(s, g, rowoff.data(), pa.data(), xpad.data(), b, y, blk, src, lanes, panels,
-                       outbuf);
+        implicit_block(s, g, rowoff.data(), pa, sc.xpad.data(), b, y, blk, sc.src, sc.lanes,
+                       sc.panels, sc.outbuf);
       }
+    sc.trim();
   }
 };
 
@@ -781,6 +831,7 @@ void conv2d_forward_implicit(const ConvShape& s, const T* x, const T* w, const T
   if (!f.setup(s, x, w, b, y, nt)) return conv2d_forward_im2col(s, x, w, b, y);
 #pragma omp parallel num_threads(nt)
   f.run();
+  call_scratch<T>().trim();
 }
 
 // dx of a stride-1 convolution is the forward convolution of dy with the flipped, transposed
@@ -800,19 +851,19 @@ void conv2d_backward_implicit(const ConvShape& s, const T* dy, const T* x, const
   // dx: the flipped convolution, whose gemm has Cg rows; with few, im2col's W^T @ dy (CRS rows)
   // and col2im is the better shape (C1, one input channel: 2.5x faster).
   ImplicitForward<T> dxf;
-  std::vector<T> wf;
+  CallScratch<T>& sc = call_scratch<T>();
   bool dx_flip = false;
   if (dx && Cg >= 16) {
-    wf.resize((size_t)wsize);
+    T* wf = grow<T>(sc.wf, wsize);
     for (int64_t gi = 0; gi < G; ++gi)
       for (int64_t k = 0; k < Kg; ++k)
         for (int64_t c = 0; c < Cg; ++c)
           for (int64_t u = 0; u < RS; ++u)
-            wf[(size_t)(((gi * Cg + c) * Kg + k) * RS + RS - 1 - u)] = w[((gi * Kg + k) * Cg + c) * RS + u];
+            wf[((gi * Cg + c) * Kg + k) * RS + RS - 1 - u] = w[((gi * Kg + k) * Cg + c) * RS + u];
     ConvShape t = s;
     t.C = s.K, t.H = s.P, t.W = s.Q, t.K = s.C, t.P = s.H, t.Q = s.W;
     t.pad_h = (s.R - 1) * s.dil_h - s.pad_h, t.pad_w = (s.S - 1) * s.dil_w - s.pad_w;
-    dx_flip = dxf.setup(t, dy, wf.data(), (const T*)nullptr, dx, nt);
+    dx_flip = dxf.setup(t, dy, wf, (const T*)nullptr, dx, nt);
   }
   if (dx && !dx_flip) conv2d_backward_im2col(s, dy, x, w, dx, (T*)nullptr, (T*)nullptr);
   const bool dw_implicit = (dw || db) && PQ > 0 && wsize > 0 && (nt == 1 || split_samples(nt, s.N));
@@ -820,20 +871,23 @@ void conv2d_backward_implicit(const ConvShape& s, const T* dy, const T* x, const
   if (dw_implicit) {
     const Padded g = padded_geom(s);
     const std::vector<int64_t> rowoff = row_offsets(s, g);
-    per_thread_sums(nt, s.N, wsize, s.K, dw, db, [&](int64_t n0, int64_t n1, T* dwp, T* dbp) {
-      DwBufs<T> bf;
-      std::vector<T> xpad(dwp ? (size_t)g.sample : 0);
+    per_thread_sums(nt, s.N, wsize, s.K, dw, db, sc.partials, [&](int64_t n0, int64_t n1, T* dwp, T* dbp) {
+      WorkScratch<T>& mine = work_scratch<T>();
+      T* xpad = dwp ? grow<T>(mine.xpad, g.sample) : nullptr;
       for (int64_t n = n0; n < n1; ++n) {
-        if (dwp) pad_fill(s, g, x + n * s.C * s.H * s.W, xpad.data());
-        dw_sample(s, g, rowoff.data(), xpad.data(), dy, n, dwp, dbp, bf);
+        if (dwp) pad_fill(s, g, x + n * s.C * s.H * s.W, xpad);
+        dw_sample(s, g, rowoff.data(), xpad, dy, n, dwp, dbp, mine.dw);
       }
       // then dx's blocks, in the same region: a thread done with its dw share starts on them
+      // (its padded samples take over mine.xpad)
       if (dx_flip) dxf.run();
+      mine.trim();
     });
   } else if (dx_flip) {
 #pragma omp parallel num_threads(nt)
     dxf.run();
   }
+  sc.trim();
 }
 
 // ---- depthwise --------------------------------------------------------------------------------
