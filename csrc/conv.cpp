@@ -759,9 +759,12 @@ void dw_sample(const ConvShape& s, const Padded& g, const int64_t* rowoff, const
   const int64_t NR = gemm_panel_width<T>();
   const int64_t G = s.groups, Cg = s.C / G, Kg = s.K / G, PQ = s.P * s.Q;
   const int64_t CRS = Cg * s.R * s.S;
-  // chunks: dy's packed chunk (Kg x J) about 256 KiB, so that it and a panel stay in L2
-  const int64_t jmax = std::max<int64_t>(NR, 256 * 1024 / (int64_t)sizeof(T) / std::max<int64_t>(Kg, 1));
-  const int64_t nch = (PQ + jmax - 1) / jmax, J = (PQ + nch - 1) / nch;
+  // chunks: dy's packed chunk (Kg x J) at most 512 KiB, so that it and a panel stay in L2
+  // (each chunk is one more pass over dw); J whole vectors, so that gemm_pack_a transposes
+  // all of a chunk in registers
+  constexpr int64_t W = simd<T>::width;
+  const int64_t jmax = std::max<int64_t>(NR, 512 * 1024 / (int64_t)sizeof(T) / std::max<int64_t>(Kg, 1));
+  const int64_t nch = (PQ + jmax - 1) / jmax, J = ((PQ + nch - 1) / nch + W - 1) / W * W;
   T* panel = grow<T>(bf.panel, J * NR);
   T* pa = grow<T>(bf.pa, gemm_packed_a_size<T>(Kg, J));
   int64_t* so = grow<int64_t>(bf.src, J);
