@@ -698,13 +698,14 @@ void implicit_block(const ConvShape& s, const Padded& g, const int64_t* rowoff, 
 
 // dw and db of one sample, per chunk of J output positions and group:
 //   dw_g[Kg, CRS] += dy_g[Kg, J] @ col[CRS, J]^T
-// dy_g's chunk packed once as gemm's A; then, for each NR-wide slice of col's rows, the col^T
-// panel (J x NR) built from the padded sample by pack_rows_t.
+// For each NR-wide slice of col's rows, the col^T panel (J x NR) built from the padded sample
+// by pack_rows_t, times dy_g's chunk read in place as gemm's A (gemm_rowa_panels: packing it
+// measured 1-2% slower on C2, C3, C5's dw).
 template <typename T>
 struct DwBufs {
   std::vector<int64_t> src;
   std::vector<LaneSrc<T>> lanes;
-  std::vector<T> pa, panel;
+  std::vector<T> panel;
 };
 
 // The implicit path's buffers, kept by each thread from call to call: freshly allocated,
@@ -736,7 +737,7 @@ struct WorkScratch {
   DwBufs<T> dw;
   void trim() {
     if (held(xpad) + held(panels) + held(outbuf) + held(src) + held(lanes) + held(dw.src) +
-            held(dw.lanes) + held(dw.pa) + held(dw.panel) > SCRATCH_KEEP)
+            held(dw.lanes) + held(dw.panel) > SCRATCH_KEEP)
       *this = WorkScratch();
   }
 };
@@ -759,14 +760,13 @@ void dw_sample(const ConvShape& s, const Padded& g, const int64_t* rowoff, const
   const int64_t NR = gemm_panel_width<T>();
   const int64_t G = s.groups, Cg = s.C / G, Kg = s.K / G, PQ = s.P * s.Q;
   const int64_t CRS = Cg * s.R * s.S;
-  // chunks: dy's packed chunk (Kg x J) at most 512 KiB, so that it and a panel stay in L2
-  // (each chunk is one more pass over dw); J whole vectors, so that gemm_pack_a transposes
-  // all of a chunk in registers
+  // chunks: dy's chunk (Kg x J) at most 512 KiB, so that it and a panel stay in L2 (each
+  // chunk is one more pass over dw); J whole vectors (measured 2% faster than the 256 KiB
+  // chunks of any length that were packed as gemm's A)
   constexpr int64_t W = simd<T>::width;
   const int64_t jmax = std::max<int64_t>(NR, 512 * 1024 / (int64_t)sizeof(T) / std::max<int64_t>(Kg, 1));
   const int64_t nch = (PQ + jmax - 1) / jmax, J = ((PQ + nch - 1) / nch + W - 1) / W * W;
   T* panel = grow<T>(bf.panel, J * NR);
-  T* pa = grow<T>(bf.pa, gemm_packed_a_size<T>(Kg, J));
   int64_t* so = grow<int64_t>(bf.src, J);
   for (int64_t gi = 0; gi < G; ++gi) {
     const T* dyg = dy + (n * s.K + gi * Kg) * PQ;
@@ -778,12 +778,12 @@ void dw_sample(const ConvShape& s, const Padded& g, const int64_t* rowoff, const
     for (int64_t jj = 0; jj < len; ++jj) so[jj] = ((j0 + jj) / s.Q) * g.Wp + (j0 + jj) % s.Q;
     lane_srcs<T>(so, len, bf.lanes);
     for (int64_t gi = 0; gi < G; ++gi) {
-      gemm_pack_a<T>(Kg, len, dy + (n * s.K + gi * Kg) * PQ + j0, PQ, 1, pa);
+      const T* dyg = dy + (n * s.K + gi * Kg) * PQ + j0;
       const T* xg = xpad + gi * Cg * g.plane;
       for (int64_t c0 = 0; c0 < CRS; c0 += NR) {
         const int64_t nr = std::min<int64_t>(NR, CRS - c0);
         pack_rows_t<T>(xg, rowoff + c0, nr, bf.lanes.data(), len, panel);
-        gemm_packed_panels<T>(Kg, nr, len, pa, panel, dwp + gi * Kg * CRS + c0, CRS, true);
+        gemm_rowa_panels<T>(Kg, nr, len, dyg, PQ, panel, dwp + gi * Kg * CRS + c0, CRS, true);
       }
     }
   }

@@ -202,6 +202,42 @@ void ukernel(int64_t kc, const T* __restrict a, const T* __restrict b, int64_t l
 template <typename T>
 using ukernel_fn = void (*)(int64_t, const T*, const T*, int64_t, T*, int64_t, int, bool);
 
+// ukernel with A read in place, row-major (row i at a + i*lda): MRt broadcast streams instead
+// of one packed panel, for an A that would be packed to serve only a few panels.
+template <typename T, int MRt, int NVt>
+void ukernel_arows(int64_t kc, const T* __restrict a, int64_t lda, const T* __restrict b,
+                   int64_t ldb, T* __restrict c, int64_t ldc, int n, bool overwrite) {
+  constexpr int W = simd<T>::width;
+  vec<T> acc[MRt][NVt];
+  const T* ar[MRt];
+#pragma GCC unroll 32
+  for (int i = 0; i < MRt; ++i) {
+    ar[i] = a + i * lda;
+#pragma GCC unroll 8
+    for (int j = 0; j < NVt; ++j) acc[i][j] = vec<T>{};
+  }
+#pragma GCC unroll 32
+  for (int i = 0; i < MRt; ++i) __builtin_prefetch(c + i * ldc, 1);
+
+#pragma GCC unroll 1
+  for (int64_t k = 0; k < kc; ++k) {
+    vec<T> bv[NVt];
+#pragma GCC unroll 8
+    for (int j = 0; j < NVt; ++j) bv[j] = vload(b + j * W);
+#pragma GCC unroll 32
+    for (int i = 0; i < MRt; ++i) {
+      vec<T> av = vbroadcast<T>(ar[i][k]);
+#pragma GCC unroll 8
+      for (int j = 0; j < NVt; ++j) acc[i][j] = vfma<T>(av, bv[j], acc[i][j]);
+    }
+    b += ldb;
+  }
+  store_tile<T, MRt, NVt>(acc, c, ldc, n, overwrite);
+}
+
+template <typename T>
+using ukernel_arows_fn = void (*)(int64_t, const T*, int64_t, const T*, int64_t, T*, int64_t, int, bool);
+
 template <typename T, size_t... I>
 constexpr std::array<ukernel_fn<T>, sizeof...(I)> make_table(std::index_sequence<I...>) {
   return {{&ukernel<T, (int)(I / Cfg<T>::NV) + 1, (int)(I % Cfg<T>::NV) + 1>...}};
@@ -211,6 +247,18 @@ template <typename T>
 inline ukernel_fn<T> get_kernel(int mr, int nv) {
   static constexpr auto table =
       make_table<T>(std::make_index_sequence<(size_t)(Cfg<T>::MR * Cfg<T>::NV)>{});
+  return table[(mr - 1) * Cfg<T>::NV + (nv - 1)];
+}
+
+template <typename T, size_t... I>
+constexpr std::array<ukernel_arows_fn<T>, sizeof...(I)> make_table_arows(std::index_sequence<I...>) {
+  return {{&ukernel_arows<T, (int)(I / Cfg<T>::NV) + 1, (int)(I % Cfg<T>::NV) + 1>...}};
+}
+
+template <typename T>
+inline ukernel_arows_fn<T> get_kernel_arows(int mr, int nv) {
+  static constexpr auto table =
+      make_table_arows<T>(std::make_index_sequence<(size_t)(Cfg<T>::MR * Cfg<T>::NV)>{});
   return table[(mr - 1) * Cfg<T>::NV + (nv - 1)];
 }
 
@@ -654,6 +702,35 @@ void gemm_packed_panels(int64_t M, int64_t N, int64_t K, const T* packed_a, cons
   }
 }
 
+// gemm_packed_panels' loop nest with A read in place: the same K blocks, the same FMA order.
+template <typename T>
+void gemm_rowa_panels(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* panels,
+                      T* C, int64_t ldc, bool accumulate) {
+  using CF = Cfg<T>;
+  constexpr int MR = CF::MR, NR = CF::NR, W = CF::W;
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    if (!accumulate) zero_c(M, N, C, ldc);
+    return;
+  }
+  const KBlocking<T> kb(K, packed_kc<T>());
+  for (int64_t pb = 0; pb < kb.nblocks; ++pb) {
+    const int64_t pc = pb * kb.kcb;
+    const int64_t kc = std::min<int64_t>(kb.kcb, K - pc);
+    const bool overwrite = !accumulate && pb == 0;
+    for (int64_t j = 0; j < N; j += NR) {
+      const int nr = (int)std::min<int64_t>(NR, N - j);
+      const int nv = (nr + W - 1) / W;
+      const T* bp = panels + j * K + pc * (nv * W);
+      for (int64_t i = 0; i < M; i += MR) {
+        const int mr = (int)std::min<int64_t>(MR, M - i);
+        get_kernel_arows<T>(mr, nv)(kc, A + i * lda + pc, lda, bp, nv * W, C + i * ldc + j, ldc, nr,
+                                    overwrite);
+      }
+    }
+  }
+}
+
 template <typename T>
 bool gemm_gathered_panel(int64_t M, int64_t nr, int64_t K, const T* packed_a, const T* base,
                          const int64_t* rowoff, const GatherCols& g, T* panel, T* C, int64_t ldc,
@@ -696,6 +773,8 @@ bool gemm_gathered_panel(int64_t M, int64_t nr, int64_t K, const T* packed_a, co
   template void gemm_pack_a<T>(int64_t, int64_t, const T*, int64_t, int64_t, T*);            \
   template void gemm_packed_panels<T>(int64_t, int64_t, int64_t, const T*, const T*, T*,     \
                                       int64_t, bool);                                         \
+  template void gemm_rowa_panels<T>(int64_t, int64_t, int64_t, const T*, int64_t, const T*, T*, \
+                                    int64_t, bool);                                           \
   template bool gemm_gathered_panel<T>(int64_t, int64_t, int64_t, const T*, const T*,        \
                                        const int64_t*, const GatherCols&, T*, T*, int64_t, bool);
 DLK_GEMM_INSTANTIATE(float)

@@ -84,6 +84,10 @@ void gemm_pack_a(int64_t M, int64_t K, const T* A, int64_t rsa, int64_t csa, T* 
 template <typename T>
 void gemm_packed_panels(int64_t M, int64_t N, int64_t K, const T* packed_a, const T* panels,
                         T* C, int64_t ldc, bool accumulate);
+// gemm_packed_panels with A not packed but read in place, row-major (row i at A + i*lda).
+template <typename T>
+void gemm_rowa_panels(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* panels,
+                      T* C, int64_t ldc, bool accumulate);
 // gemm_packed_panels on one full panel (NR columns) read from rows base + rowoff[k] as g says,
 // packed into `panel` (K x NR) by the micro-kernel of the first row tile as it goes, so that
 // the packing hides under its FMAs; the other tiles read the packed panel. Bitwise the same as
