@@ -30,7 +30,7 @@
 // when there are enough, summing dw and db per thread and reducing in thread order; the
 // depthwise backward splits channels, so each dw / db element has one owner. Gradients are
 // therefore bitwise repeatable at a fixed thread count. No global mutable state: every buffer
-// belongs to one call.
+// belongs to one call, or, for implicit, to one thread (kept for its next call; CallScratch).
 #include <algorithm>
 #include <cstring>
 #include <vector>
