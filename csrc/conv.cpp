@@ -30,7 +30,7 @@
 // when there are enough, summing dw and db per thread and reducing in thread order; the
 // depthwise backward splits channels, so each dw / db element has one owner. Gradients are
 // therefore bitwise repeatable at a fixed thread count. No global mutable state: every buffer
-// belongs to one call.
+// belongs to one call, or, for implicit, to one thread (kept for its next call; CallScratch).
 #include <algorithm>
 #include <cstring>
 #include <vector>
@@ -374,14 +374,17 @@ void bwd_sample(const ConvShape& s, const T* dy, const T* x, const T* w, T* dx, 
 // Samples split over nt threads, body(n0, n1, dwp, dbp) adding its samples' dw and db into
 // zeroed per-thread partial sums (null where not wanted), reduced in thread order afterwards:
 // bitwise repeatable at a fixed thread count.
+// partials: the caller's buffer for the nt partial sums.
 template <typename T, typename Body>
-void per_thread_sums(int nt, int64_t N, int64_t wsize, int64_t K, T* dw, T* db, const Body& body) {
+void per_thread_sums(int nt, int64_t N, int64_t wsize, int64_t K, T* dw, T* db,
+                     std::vector<T>& partials, const Body& body) {
   const int64_t part = (dw ? wsize : 0) + (db ? K : 0);
-  std::vector<T> partials((size_t)(part * nt), T(0));
+  T* parts = grow<T>(partials, part * nt);
+  std::fill(parts, parts + part * nt, T(0));
 #pragma omp parallel num_threads(nt)
   {
     const int t = thread_id();
-    T* mine = partials.data() + part * t;
+    T* mine = parts + part * t;
     int64_t n0, n1;
     split(N, nt, t, n0, n1);
     body(n0, n1, dw ? mine : nullptr, db ? mine + (dw ? wsize : 0) : nullptr);
@@ -389,8 +392,8 @@ void per_thread_sums(int nt, int64_t N, int64_t wsize, int64_t K, T* dw, T* db, 
     int64_t b0, e0;
     split(part, nt, t, b0, e0);
     for (int64_t i = b0; i < e0; ++i) {
-      T acc = partials[(size_t)i];
-      for (int u = 1; u < nt; ++u) acc += partials[(size_t)(part * u + i)];
+      T acc = parts[i];
+      for (int u = 1; u < nt; ++u) acc += parts[part * u + i];
       if (dw && i < wsize) dw[i] = acc;
       else db[i - (dw ? wsize : 0)] = acc;
     }
@@ -425,7 +428,8 @@ void conv2d_backward_im2col(const ConvShape& s, const T* dy, const T* x, const T
       bwd_sample(s, dy, x, w, dx, dw, db, n, colbuf, dcolbuf, !in_parallel());
     return;
   }
-  per_thread_sums(nt, s.N, wsize, s.K, dw, db, [&](int64_t n0, int64_t n1, T* dwp, T* dbp) {
+  std::vector<T> partials;
+  per_thread_sums(nt, s.N, wsize, s.K, dw, db, partials, [&](int64_t n0, int64_t n1, T* dwp, T* dbp) {
     std::vector<T> colbuf, dcolbuf;
     for (int64_t n = n0; n < n1; ++n)
       bwd_sample(s, dy, x, w, dx, dwp, dbp, n, colbuf, dcolbuf, false);
@@ -442,7 +446,9 @@ void conv2d_backward_im2col(const ConvShape& s, const T* dy, const T* x, const T
 // (gemm_pack_a): what is left per block is the micro-kernels. Every row of a panel copies the
 // same lane pattern from a new base, so the pattern is worked out once per panel: a vector of
 // one contiguous run is one load, of two runs (an output row ends inside it) two masked loads,
-// anything else goes lane by lane.
+// anything else goes lane by lane. With AVX-512 a panel of one- and two-run vectors is packed
+// by its first row tile's micro-kernel as it goes (gemm_gathered_panel), the loads and stores
+// hidden under the FMAs: C2 / C3 / C5 forward 8% / 4% / 6% faster than packing it first.
 
 namespace {
 
@@ -622,8 +628,29 @@ void pack_rows_t(const T* xg, const int64_t* rowoff, int64_t nr, const LaneSrc<T
   }
 }
 
-// Columns per block: the packed panels (CRS x cols) stay in L2 beside the padded sample
-// (budgets from 192 to 512 KiB measured within 2% of each other on C2, C3, C5).
+// A full panel's lane patterns as gemm_gathered_panel's GatherCols (RUN: all lanes from a;
+// TWO: lanes below split from a, the rest from b); false where a vector has more runs.
+template <typename T>
+bool gather_cols(const std::vector<LaneSrc<T>>& lanes, GatherCols& gc) {
+  constexpr int W = simd<T>::width;
+  static_assert(W <= 16, "lane masks of 16 bits");
+  const uint32_t all = (1u << W) - 1;
+  if (lanes.size() > 4) return false;
+  for (size_t v = 0; v < lanes.size(); ++v) {
+    const LaneSrc<T>& l = lanes[v];
+    if (l.kind == LaneSrc<T>::LANES || l.n != W) return false;
+    const bool run = l.kind == LaneSrc<T>::RUN;
+    gc.a[v] = l.a;
+    gc.b[v] = run ? l.a : l.b;
+    gc.m1[v] = run ? all : (1u << l.split) - 1;
+    gc.m2[v] = run ? 0u : all & ~gc.m1[v];
+  }
+  return true;
+}
+
+// Columns per block (the unit of work, and of the bias pass): CRS x cols about 256 KiB
+// (budgets from 192 to 512 KiB measured within 2% of each other on C2, C3, C5, when the
+// block's panels were all packed before its GEMM).
 // Whole panels only, so that a sample's one partial panel is its last.
 template <typename T>
 int64_t implicit_cols(int64_t CRS) {
@@ -648,33 +675,84 @@ void implicit_block(const ConvShape& s, const Padded& g, const int64_t* rowoff, 
     const int64_t i = blk.nb > 1 ? jb / PQ : 0, pos = blk.nb > 1 ? jb % PQ : blk.j0 + jb;
     so[jb] = i * g.sample + (pos / s.Q) * g.Wp + pos % s.Q;
   }
-  T* pan = grow<T>(panels, CRS * ((len + NR - 1) / NR * NR));
+  T* pan = grow<T>(panels, CRS * NR);
   T* out = blk.nb > 1 ? grow<T>(outbuf, len * Kg) : nullptr;
+  const int64_t ldc = blk.nb > 1 ? len : PQ;
   for (int64_t gi = 0; gi < G; ++gi) {
     const T* xg = xpad + gi * Cg * g.plane;
+    T* cg = blk.nb > 1 ? out : block_output(s, blk, gi, Kg, y);
+    // panel by panel: packed by the first row tile's micro-kernel where it can, else first
     for (int64_t j = 0; j < len; j += NR) {
       const int64_t nr = std::min<int64_t>(NR, len - j);
       lane_srcs<T>(so + j, nr, lanes);
-      pack_rows<T>(xg, rowoff, CRS, lanes.data(), (int64_t)lanes.size(), pan + j * CRS);
+      GatherCols gc;
+      if (gather_cols(lanes, gc) &&
+          gemm_gathered_panel<T>(Kg, nr, CRS, pa + gi * asz, xg, rowoff, gc, pan, cg + j, ldc, false))
+        continue;
+      pack_rows<T>(xg, rowoff, CRS, lanes.data(), (int64_t)lanes.size(), pan);
+      gemm_packed_panels<T>(Kg, nr, CRS, pa + gi * asz, pan, cg + j, ldc, false);
     }
-    if (blk.nb == 1)
-      gemm_packed_panels<T>(Kg, len, CRS, pa + gi * asz, pan, block_output(s, blk, gi, Kg, y), PQ, false);
-    else
-      gemm_packed_panels<T>(Kg, len, CRS, pa + gi * asz, pan, out, len, false);
     finish_block(s, blk, gi, Kg, len, b, y, out);
   }
 }
 
 // dw and db of one sample, per chunk of J output positions and group:
 //   dw_g[Kg, CRS] += dy_g[Kg, J] @ col[CRS, J]^T
-// dy_g's chunk packed once as gemm's A; then, for each NR-wide slice of col's rows, the col^T
-// panel (J x NR) built from the padded sample by pack_rows_t.
+// For each NR-wide slice of col's rows, the col^T panel (J x NR) built from the padded sample
+// by pack_rows_t, times dy_g's chunk read in place as gemm's A (gemm_rowa_panels: packing it
+// measured 1-2% slower on C2, C3, C5's dw).
 template <typename T>
 struct DwBufs {
   std::vector<int64_t> src;
   std::vector<LaneSrc<T>> lanes;
-  std::vector<T> pa, panel;
+  std::vector<T> panel;
 };
+
+// The implicit path's buffers, kept by each thread from call to call: freshly allocated,
+// buffers this large come from mmap and page-fault on every call (C2's padded sample is 861 KB).
+// A set left holding more than SCRATCH_KEEP bytes is freed, so that a huge one-off convolution
+// does not pin its memory for the life of the thread. Two sets per thread: the calling thread's
+// for the whole call (the team reads its packed filters), trimmed when the call ends, and the
+// worker's for its share (the calling thread is a worker too), trimmed when the share is done.
+constexpr size_t SCRATCH_KEEP = 16u << 20;
+
+template <typename V>
+size_t held(const V& v) {
+  return v.capacity() * sizeof(typename V::value_type);
+}
+
+template <typename T>
+struct CallScratch {
+  std::vector<T> pa, wf, partials;  // packed filters, flipped filters, dw's per-thread sums
+  void trim() {
+    if (held(pa) + held(wf) + held(partials) > SCRATCH_KEEP) *this = CallScratch();
+  }
+};
+
+template <typename T>
+struct WorkScratch {
+  std::vector<T> xpad, panels, outbuf;  // padded samples, packed B panels
+  std::vector<int64_t> src;
+  std::vector<LaneSrc<T>> lanes;
+  DwBufs<T> dw;
+  void trim() {
+    if (held(xpad) + held(panels) + held(outbuf) + held(src) + held(lanes) + held(dw.src) +
+            held(dw.lanes) + held(dw.panel) > SCRATCH_KEEP)
+      *this = WorkScratch();
+  }
+};
+
+template <typename T>
+CallScratch<T>& call_scratch() {
+  thread_local CallScratch<T> s;
+  return s;
+}
+
+template <typename T>
+WorkScratch<T>& work_scratch() {
+  thread_local WorkScratch<T> s;
+  return s;
+}
 
 template <typename T>
 void dw_sample(const ConvShape& s, const Padded& g, const int64_t* rowoff, const T* xpad,
@@ -682,11 +760,13 @@ void dw_sample(const ConvShape& s, const Padded& g, const int64_t* rowoff, const
   const int64_t NR = gemm_panel_width<T>();
   const int64_t G = s.groups, Cg = s.C / G, Kg = s.K / G, PQ = s.P * s.Q;
   const int64_t CRS = Cg * s.R * s.S;
-  // chunks: dy's packed chunk (Kg x J) about 256 KiB, so that it and a panel stay in L2
-  const int64_t jmax = std::max<int64_t>(NR, 256 * 1024 / (int64_t)sizeof(T) / std::max<int64_t>(Kg, 1));
-  const int64_t nch = (PQ + jmax - 1) / jmax, J = (PQ + nch - 1) / nch;
+  // chunks: dy's chunk (Kg x J) at most 512 KiB, so that it and a panel stay in L2 (each
+  // chunk is one more pass over dw); J whole vectors (measured 2% faster than the 256 KiB
+  // chunks of any length that were packed as gemm's A)
+  constexpr int64_t W = simd<T>::width;
+  const int64_t jmax = std::max<int64_t>(NR, 512 * 1024 / (int64_t)sizeof(T) / std::max<int64_t>(Kg, 1));
+  const int64_t nch = (PQ + jmax - 1) / jmax, J = ((PQ + nch - 1) / nch + W - 1) / W * W;
   T* panel = grow<T>(bf.panel, J * NR);
-  T* pa = grow<T>(bf.pa, gemm_packed_a_size<T>(Kg, J));
   int64_t* so = grow<int64_t>(bf.src, J);
   for (int64_t gi = 0; gi < G; ++gi) {
     const T* dyg = dy + (n * s.K + gi * Kg) * PQ;
@@ -698,12 +778,12 @@ void dw_sample(const ConvShape& s, const Padded& g, const int64_t* rowoff, const
     for (int64_t jj = 0; jj < len; ++jj) so[jj] = ((j0 + jj) / s.Q) * g.Wp + (j0 + jj) % s.Q;
     lane_srcs<T>(so, len, bf.lanes);
     for (int64_t gi = 0; gi < G; ++gi) {
-      gemm_pack_a<T>(Kg, len, dy + (n * s.K + gi * Kg) * PQ + j0, PQ, 1, pa);
+      const T* dyg = dy + (n * s.K + gi * Kg) * PQ + j0;
       const T* xg = xpad + gi * Cg * g.plane;
       for (int64_t c0 = 0; c0 < CRS; c0 += NR) {
         const int64_t nr = std::min<int64_t>(NR, CRS - c0);
         pack_rows_t<T>(xg, rowoff + c0, nr, bf.lanes.data(), len, panel);
-        gemm_packed_panels<T>(Kg, nr, len, pa, panel, dwp + gi * Kg * CRS + c0, CRS, true);
+        gemm_rowa_panels<T>(Kg, nr, len, dyg, PQ, panel, dwp + gi * Kg * CRS + c0, CRS, true);
       }
     }
   }
@@ -718,7 +798,7 @@ struct ImplicitForward {
   const T *x, *b;
   T* y;
   std::vector<int64_t> rowoff, units;  // units: first block of each, then the block count
-  std::vector<T> pa;                    // the filters, packed per group
+  const T* pa;                          // the filters, packed per group (the caller's scratch)
   std::vector<Block> blocks;
 
   // False where implicit does not apply (the caller falls back to im2col): strides, an empty
@@ -735,24 +815,28 @@ struct ImplicitForward {
     g = padded_geom(s);
     rowoff = row_offsets(s, g);
     const int64_t asz = gemm_packed_a_size<T>(Kg, CRS);
-    pa.resize((size_t)(G * asz));
-    for (int64_t gi = 0; gi < G; ++gi) gemm_pack_a<T>(Kg, CRS, w + gi * Kg * CRS, CRS, 1, pa.data() + gi * asz);
+    T* packed = grow<T>(call_scratch<T>().pa, G * asz);
+    for (int64_t gi = 0; gi < G; ++gi) gemm_pack_a<T>(Kg, CRS, w + gi * Kg * CRS, CRS, 1, packed + gi * asz);
+    pa = packed;
     // Units handed out dynamically (a thread slowed by other load takes fewer; which thread
     // computes a block changes nothing in it): a sample's blocks together, so that it is
     // padded once, when there are samples enough to balance the threads; else single blocks.
+    // The last nt samples go block by block all the same: the threads then finish within a
+    // block of each other, not a sample (C3, 8 samples a thread: ~3% of waiting at the end).
     const bool by_sample = s.N >= 4 * nt;
+    const int64_t tail = s.N - nt;
     units.clear();
-    for (int64_t i = 0; i < nblk; ++i)
-      if (!by_sample || i == 0 || blocks[(size_t)i].n0 != blocks[(size_t)i - 1].n0) units.push_back(i);
+    for (int64_t i = 0; i < nblk; ++i) {
+      const int64_t n = blocks[(size_t)i].n0;
+      if (!by_sample || n >= tail || i == 0 || n != blocks[(size_t)i - 1].n0) units.push_back(i);
+    }
     units.push_back(nblk);
     return true;
   }
 
   // Called by every thread of the team (no barrier at the end).
   void run() const {
-    std::vector<T> xpad, panels, outbuf;
-    std::vector<int64_t> src;
-    std::vector<LaneSrc<T>> lanes;
+    WorkScratch<T>& sc = work_scratch<T>();
     int64_t loaded = -1;
     const int64_t nunits = (int64_t)units.size() - 1;
 #pragma omp for schedule(dynamic, 1) nowait
@@ -760,14 +844,15 @@ struct ImplicitForward {
       for (int64_t i = units[(size_t)u]; i < units[(size_t)u + 1]; ++i) {
         const Block& blk = blocks[(size_t)i];
         if (blk.n0 != loaded || blk.nb > 1) {  // pad the block's samples (once per sample)
-          T* xp = grow<T>(xpad, blk.nb * g.sample);
+          T* xp = grow<T>(sc.xpad, blk.nb * g.sample);
           for (int64_t v = 0; v < blk.nb; ++v)
             pad_fill(s, g, x + (blk.n0 + v) * s.C * s.H * s.W, xp + v * g.sample);
           loaded = blk.nb > 1 ? -1 : blk.n0;
         }
-        implicit_block(s, g, rowoff.data(), pa.data(), xpad.data(), b, y, blk, src, lanes, panels,
-                       outbuf);
+        implicit_block(s, g, rowoff.data(), pa, sc.xpad.data(), b, y, blk, sc.src, sc.lanes,
+                       sc.panels, sc.outbuf);
       }
+    sc.trim();
   }
 };
 
@@ -781,6 +866,7 @@ void conv2d_forward_implicit(const ConvShape& s, const T* x, const T* w, const T
   if (!f.setup(s, x, w, b, y, nt)) return conv2d_forward_im2col(s, x, w, b, y);
 #pragma omp parallel num_threads(nt)
   f.run();
+  call_scratch<T>().trim();
 }
 
 // dx of a stride-1 convolution is the forward convolution of dy with the flipped, transposed
@@ -800,19 +886,19 @@ void conv2d_backward_implicit(const ConvShape& s, const T* dy, const T* x, const
   // dx: the flipped convolution, whose gemm has Cg rows; with few, im2col's W^T @ dy (CRS rows)
   // and col2im is the better shape (C1, one input channel: 2.5x faster).
   ImplicitForward<T> dxf;
-  std::vector<T> wf;
+  CallScratch<T>& sc = call_scratch<T>();
   bool dx_flip = false;
   if (dx && Cg >= 16) {
-    wf.resize((size_t)wsize);
+    T* wf = grow<T>(sc.wf, wsize);
     for (int64_t gi = 0; gi < G; ++gi)
       for (int64_t k = 0; k < Kg; ++k)
         for (int64_t c = 0; c < Cg; ++c)
           for (int64_t u = 0; u < RS; ++u)
-            wf[(size_t)(((gi * Cg + c) * Kg + k) * RS + RS - 1 - u)] = w[((gi * Kg + k) * Cg + c) * RS + u];
+            wf[((gi * Cg + c) * Kg + k) * RS + RS - 1 - u] = w[((gi * Kg + k) * Cg + c) * RS + u];
     ConvShape t = s;
     t.C = s.K, t.H = s.P, t.W = s.Q, t.K = s.C, t.P = s.H, t.Q = s.W;
     t.pad_h = (s.R - 1) * s.dil_h - s.pad_h, t.pad_w = (s.S - 1) * s.dil_w - s.pad_w;
-    dx_flip = dxf.setup(t, dy, wf.data(), (const T*)nullptr, dx, nt);
+    dx_flip = dxf.setup(t, dy, wf, (const T*)nullptr, dx, nt);
   }
   if (dx && !dx_flip) conv2d_backward_im2col(s, dy, x, w, dx, (T*)nullptr, (T*)nullptr);
   const bool dw_implicit = (dw || db) && PQ > 0 && wsize > 0 && (nt == 1 || split_samples(nt, s.N));
@@ -820,20 +906,23 @@ void conv2d_backward_implicit(const ConvShape& s, const T* dy, const T* x, const
   if (dw_implicit) {
     const Padded g = padded_geom(s);
     const std::vector<int64_t> rowoff = row_offsets(s, g);
-    per_thread_sums(nt, s.N, wsize, s.K, dw, db, [&](int64_t n0, int64_t n1, T* dwp, T* dbp) {
-      DwBufs<T> bf;
-      std::vector<T> xpad(dwp ? (size_t)g.sample : 0);
+    per_thread_sums(nt, s.N, wsize, s.K, dw, db, sc.partials, [&](int64_t n0, int64_t n1, T* dwp, T* dbp) {
+      WorkScratch<T>& mine = work_scratch<T>();
+      T* xpad = dwp ? grow<T>(mine.xpad, g.sample) : nullptr;
       for (int64_t n = n0; n < n1; ++n) {
-        if (dwp) pad_fill(s, g, x + n * s.C * s.H * s.W, xpad.data());
-        dw_sample(s, g, rowoff.data(), xpad.data(), dy, n, dwp, dbp, bf);
+        if (dwp) pad_fill(s, g, x + n * s.C * s.H * s.W, xpad);
+        dw_sample(s, g, rowoff.data(), xpad, dy, n, dwp, dbp, mine.dw);
       }
       // then dx's blocks, in the same region: a thread done with its dw share starts on them
+      // (its padded samples take over mine.xpad)
       if (dx_flip) dxf.run();
+      mine.trim();
     });
   } else if (dx_flip) {
 #pragma omp parallel num_threads(nt)
     dxf.run();
   }
+  sc.trim();
 }
 
 // ---- depthwise --------------------------------------------------------------------------------

@@ -133,36 +133,10 @@ thread_local Buffer tl_buf_a;  // packed A block (+ an edge B panel), private to
 thread_local Buffer tl_buf_b;  // packed B block, private to a thread
 
 // ---- micro-kernel -------------------------------------------------------------------------
-// acc[MRt x NVt*W] = sum_k a[k*MRt + i] * b[k*ldb + j], then stored to C: n valid columns
-// (n > (NVt-1)*W); overwrite: C = acc, else C += acc.
+// The tile acc to C: n valid columns (n > (NVt-1)*W); overwrite: C = acc, else C += acc.
 template <typename T, int MRt, int NVt>
-void ukernel(int64_t kc, const T* __restrict a, const T* __restrict b, int64_t ldb,
-             T* __restrict c, int64_t ldc, int n, bool overwrite) {
+inline void store_tile(vec<T> (&acc)[MRt][NVt], T* __restrict c, int64_t ldc, int n, bool overwrite) {
   constexpr int W = simd<T>::width;
-  vec<T> acc[MRt][NVt];
-#pragma GCC unroll 32
-  for (int i = 0; i < MRt; ++i)
-#pragma GCC unroll 8
-    for (int j = 0; j < NVt; ++j) acc[i][j] = vec<T>{};
-#pragma GCC unroll 32
-  for (int i = 0; i < MRt; ++i) __builtin_prefetch(c + i * ldc, 1);
-
-  // Not unrolled: GCC then hoists the broadcasts of later steps and spills accumulators.
-#pragma GCC unroll 1
-  for (int64_t k = 0; k < kc; ++k) {
-    vec<T> bv[NVt];
-#pragma GCC unroll 8
-    for (int j = 0; j < NVt; ++j) bv[j] = vload(b + j * W);
-#pragma GCC unroll 32
-    for (int i = 0; i < MRt; ++i) {
-      vec<T> av = vbroadcast<T>(a[i]);
-#pragma GCC unroll 8
-      for (int j = 0; j < NVt; ++j) acc[i][j] = vfma<T>(av, bv[j], acc[i][j]);
-    }
-    a += MRt;
-    b += ldb;
-  }
-
   if (n == NVt * W) {
     if (overwrite) {
 #pragma GCC unroll 32
@@ -194,8 +168,75 @@ void ukernel(int64_t kc, const T* __restrict a, const T* __restrict b, int64_t l
   }
 }
 
+// acc[MRt x NVt*W] = sum_k a[k*MRt + i] * b[k*ldb + j], then stored to C (store_tile).
+template <typename T, int MRt, int NVt>
+void ukernel(int64_t kc, const T* __restrict a, const T* __restrict b, int64_t ldb,
+             T* __restrict c, int64_t ldc, int n, bool overwrite) {
+  constexpr int W = simd<T>::width;
+  vec<T> acc[MRt][NVt];
+#pragma GCC unroll 32
+  for (int i = 0; i < MRt; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < NVt; ++j) acc[i][j] = vec<T>{};
+#pragma GCC unroll 32
+  for (int i = 0; i < MRt; ++i) __builtin_prefetch(c + i * ldc, 1);
+
+  // Not unrolled: GCC then hoists the broadcasts of later steps and spills accumulators.
+#pragma GCC unroll 1
+  for (int64_t k = 0; k < kc; ++k) {
+    vec<T> bv[NVt];
+#pragma GCC unroll 8
+    for (int j = 0; j < NVt; ++j) bv[j] = vload(b + j * W);
+#pragma GCC unroll 32
+    for (int i = 0; i < MRt; ++i) {
+      vec<T> av = vbroadcast<T>(a[i]);
+#pragma GCC unroll 8
+      for (int j = 0; j < NVt; ++j) acc[i][j] = vfma<T>(av, bv[j], acc[i][j]);
+    }
+    a += MRt;
+    b += ldb;
+  }
+  store_tile<T, MRt, NVt>(acc, c, ldc, n, overwrite);
+}
+
 template <typename T>
 using ukernel_fn = void (*)(int64_t, const T*, const T*, int64_t, T*, int64_t, int, bool);
+
+// ukernel with A read in place, row-major (row i at a + i*lda): MRt broadcast streams instead
+// of one packed panel, for an A that would be packed to serve only a few panels.
+template <typename T, int MRt, int NVt>
+void ukernel_arows(int64_t kc, const T* __restrict a, int64_t lda, const T* __restrict b,
+                   int64_t ldb, T* __restrict c, int64_t ldc, int n, bool overwrite) {
+  constexpr int W = simd<T>::width;
+  vec<T> acc[MRt][NVt];
+  const T* ar[MRt];
+#pragma GCC unroll 32
+  for (int i = 0; i < MRt; ++i) {
+    ar[i] = a + i * lda;
+#pragma GCC unroll 8
+    for (int j = 0; j < NVt; ++j) acc[i][j] = vec<T>{};
+  }
+#pragma GCC unroll 32
+  for (int i = 0; i < MRt; ++i) __builtin_prefetch(c + i * ldc, 1);
+
+#pragma GCC unroll 1
+  for (int64_t k = 0; k < kc; ++k) {
+    vec<T> bv[NVt];
+#pragma GCC unroll 8
+    for (int j = 0; j < NVt; ++j) bv[j] = vload(b + j * W);
+#pragma GCC unroll 32
+    for (int i = 0; i < MRt; ++i) {
+      vec<T> av = vbroadcast<T>(ar[i][k]);
+#pragma GCC unroll 8
+      for (int j = 0; j < NVt; ++j) acc[i][j] = vfma<T>(av, bv[j], acc[i][j]);
+    }
+    b += ldb;
+  }
+  store_tile<T, MRt, NVt>(acc, c, ldc, n, overwrite);
+}
+
+template <typename T>
+using ukernel_arows_fn = void (*)(int64_t, const T*, int64_t, const T*, int64_t, T*, int64_t, int, bool);
 
 template <typename T, size_t... I>
 constexpr std::array<ukernel_fn<T>, sizeof...(I)> make_table(std::index_sequence<I...>) {
@@ -208,6 +249,66 @@ inline ukernel_fn<T> get_kernel(int mr, int nv) {
       make_table<T>(std::make_index_sequence<(size_t)(Cfg<T>::MR * Cfg<T>::NV)>{});
   return table[(mr - 1) * Cfg<T>::NV + (nv - 1)];
 }
+
+template <typename T, size_t... I>
+constexpr std::array<ukernel_arows_fn<T>, sizeof...(I)> make_table_arows(std::index_sequence<I...>) {
+  return {{&ukernel_arows<T, (int)(I / Cfg<T>::NV) + 1, (int)(I % Cfg<T>::NV) + 1>...}};
+}
+
+template <typename T>
+inline ukernel_arows_fn<T> get_kernel_arows(int mr, int nv) {
+  static constexpr auto table =
+      make_table_arows<T>(std::make_index_sequence<(size_t)(Cfg<T>::MR * Cfg<T>::NV)>{});
+  return table[(mr - 1) * Cfg<T>::NV + (nv - 1)];
+}
+
+#if defined(__AVX512F__)
+// ukernel on a full MR x NR tile whose B rows are read in place (GatherCols: two masked loads
+// per vector) and stored to the packed panel bdst on the way, for the tiles after it. The
+// extra loads and stores go to ports the FMAs leave idle. Same FMA order as ukernel.
+template <typename T>
+void ukernel_gather(int64_t kc, const T* __restrict a, const T* base, const int64_t* rowoff,
+                    const GatherCols& g, T* __restrict bdst, T* __restrict c, int64_t ldc,
+                    bool overwrite) {
+  constexpr int MRt = Cfg<T>::MR, NVt = Cfg<T>::NV, W = simd<T>::width;
+  static_assert(NVt <= 4, "GatherCols holds 4 vectors");
+  vec<T> acc[MRt][NVt];
+#pragma GCC unroll 32
+  for (int i = 0; i < MRt; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < NVt; ++j) acc[i][j] = vec<T>{};
+#pragma GCC unroll 32
+  for (int i = 0; i < MRt; ++i) __builtin_prefetch(c + i * ldc, 1);
+
+#pragma GCC unroll 1
+  for (int64_t k = 0; k < kc; ++k) {
+    const T* row = base + rowoff[k];
+    vec<T> bv[NVt];
+#pragma GCC unroll 8
+    for (int j = 0; j < NVt; ++j) {
+      ivec<T> lo, hi;
+      if constexpr (sizeof(T) == 4) {
+        lo = (ivec<T>)_mm512_maskz_loadu_ps((__mmask16)g.m1[j], row + g.a[j]);
+        hi = (ivec<T>)_mm512_maskz_loadu_ps((__mmask16)g.m2[j], row + g.b[j]);
+      } else {
+        lo = (ivec<T>)_mm512_maskz_loadu_pd((__mmask8)g.m1[j], row + g.a[j]);
+        hi = (ivec<T>)_mm512_maskz_loadu_pd((__mmask8)g.m2[j], row + g.b[j]);
+      }
+      bv[j] = (vec<T>)(lo | hi);
+      vstore(bdst + j * W, bv[j]);
+    }
+#pragma GCC unroll 32
+    for (int i = 0; i < MRt; ++i) {
+      vec<T> av = vbroadcast<T>(a[i]);
+#pragma GCC unroll 8
+      for (int j = 0; j < NVt; ++j) acc[i][j] = vfma<T>(av, bv[j], acc[i][j]);
+    }
+    a += MRt;
+    bdst += NVt * W;
+  }
+  store_tile<T, MRt, NVt>(acc, c, ldc, NVt * W, overwrite);
+}
+#endif
 
 // ---- packing ------------------------------------------------------------------------------
 // One B micro-panel: kc x nr (nr <= NR) from B(k, j) = B[k*rsb + j*csb] into dst[k*w + j],
@@ -541,10 +642,11 @@ void gemm_prepacked_b(int64_t M, int64_t N, int64_t K, const T* A, int64_t rsa, 
 // K blocks of the packed-operand entry points. Nothing is packed per block, so the only cost
 // of a deep block is streaming the B micro-panel from L2 instead of L1, and each block less
 // saves a pass over C: 1024 floats measured 2-4% faster than KC (256) on conv's C2, C3, C5
-// (fwd and dw, whose K is 448 to 1152), flat from 768 up.
+// (fwd and dw, whose K is 448 to 1152), flat from 768 up; 2048 (C3's K = 1152 in one block
+// instead of two) 1% faster again on C3's forward and dx, panel by panel.
 template <typename T>
 constexpr int64_t packed_kc() {
-  return 4096 / (int64_t)sizeof(T);
+  return 8192 / (int64_t)sizeof(T);
 }
 
 template <typename T>
@@ -601,6 +703,65 @@ void gemm_packed_panels(int64_t M, int64_t N, int64_t K, const T* packed_a, cons
   }
 }
 
+// gemm_packed_panels' loop nest with A read in place: the same K blocks, the same FMA order.
+template <typename T>
+void gemm_rowa_panels(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* panels,
+                      T* C, int64_t ldc, bool accumulate) {
+  using CF = Cfg<T>;
+  constexpr int MR = CF::MR, NR = CF::NR, W = CF::W;
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    if (!accumulate) zero_c(M, N, C, ldc);
+    return;
+  }
+  const KBlocking<T> kb(K, packed_kc<T>());
+  for (int64_t pb = 0; pb < kb.nblocks; ++pb) {
+    const int64_t pc = pb * kb.kcb;
+    const int64_t kc = std::min<int64_t>(kb.kcb, K - pc);
+    const bool overwrite = !accumulate && pb == 0;
+    for (int64_t j = 0; j < N; j += NR) {
+      const int nr = (int)std::min<int64_t>(NR, N - j);
+      const int nv = (nr + W - 1) / W;
+      const T* bp = panels + j * K + pc * (nv * W);
+      for (int64_t i = 0; i < M; i += MR) {
+        const int mr = (int)std::min<int64_t>(MR, M - i);
+        get_kernel_arows<T>(mr, nv)(kc, A + i * lda + pc, lda, bp, nv * W, C + i * ldc + j, ldc, nr,
+                                    overwrite);
+      }
+    }
+  }
+}
+
+template <typename T>
+bool gemm_gathered_panel(int64_t M, int64_t nr, int64_t K, const T* packed_a, const T* base,
+                         const int64_t* rowoff, const GatherCols& g, T* panel, T* C, int64_t ldc,
+                         bool accumulate) {
+#if defined(__AVX512F__)
+  using CF = Cfg<T>;
+  constexpr int MR = CF::MR, NR = CF::NR, NV = CF::NV;
+  if (nr != NR || M < MR || K <= 0) return false;
+  // gemm_packed_panels' loop nest on one panel: the same K blocks, each tile's FMAs in order
+  const KBlocking<T> kb(K, packed_kc<T>());
+  for (int64_t pb = 0; pb < kb.nblocks; ++pb) {
+    const int64_t pc = pb * kb.kcb;
+    const int64_t kc = std::min<int64_t>(kb.kcb, K - pc);
+    const bool overwrite = !accumulate && pb == 0;
+    const T* ablk = packed_a + pc * M;
+    T* bp = panel + pc * NR;
+    ukernel_gather<T>(kc, ablk, base, rowoff + pc, g, bp, C, ldc, overwrite);
+    for (int64_t i = MR; i < M; i += MR) {
+      const int mr = (int)std::min<int64_t>(MR, M - i);
+      get_kernel<T>(mr, NV)(kc, ablk + i * kc, bp, NR, C + i * ldc, ldc, NR, overwrite);
+    }
+  }
+  return true;
+#else
+  (void)M, (void)nr, (void)K, (void)packed_a, (void)base, (void)rowoff, (void)g, (void)panel,
+      (void)C, (void)ldc, (void)accumulate;
+  return false;
+#endif
+}
+
 #define DLK_GEMM_INSTANTIATE(T)                                                               \
   template void gemm<T>(int64_t, int64_t, int64_t, const T*, int64_t, int64_t, const T*,     \
                         int64_t, int64_t, T*, int64_t, bool, bool);                          \
@@ -612,7 +773,11 @@ void gemm_packed_panels(int64_t M, int64_t N, int64_t K, const T* packed_a, cons
   template int64_t gemm_packed_a_size<T>(int64_t, int64_t);                                  \
   template void gemm_pack_a<T>(int64_t, int64_t, const T*, int64_t, int64_t, T*);            \
   template void gemm_packed_panels<T>(int64_t, int64_t, int64_t, const T*, const T*, T*,     \
-                                      int64_t, bool);
+                                      int64_t, bool);                                         \
+  template void gemm_rowa_panels<T>(int64_t, int64_t, int64_t, const T*, int64_t, const T*, T*, \
+                                    int64_t, bool);                                           \
+  template bool gemm_gathered_panel<T>(int64_t, int64_t, int64_t, const T*, const T*,        \
+                                       const int64_t*, const GatherCols&, T*, T*, int64_t, bool);
 DLK_GEMM_INSTANTIATE(float)
 DLK_GEMM_INSTANTIATE(double)
 #undef DLK_GEMM_INSTANTIATE

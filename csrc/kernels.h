@@ -10,6 +10,17 @@
 
 namespace dlk {
 
+#ifndef DLK_GATHER_COLS_DEFINED
+#define DLK_GATHER_COLS_DEFINED
+// The columns of one B panel read in place from rows at base + rowoff[k] (gemm_gathered_panel):
+// vector v's lane t reads row[a[v] + t] where bit t of m1[v] is set, row[b[v] + t] where bit t
+// of m2[v] is, and is zero elsewhere (two runs: conv's output positions across a row's end).
+struct GatherCols {
+  int64_t a[4], b[4];
+  uint32_t m1[4], m2[4];
+};
+#endif
+
 #ifndef DLK_CONV_SHAPE_DEFINED
 #define DLK_CONV_SHAPE_DEFINED
 // 2-D convolution geometry (see conv.cpp below). Declared once, outside the ISA namespaces,
@@ -73,6 +84,19 @@ void gemm_pack_a(int64_t M, int64_t K, const T* A, int64_t rsa, int64_t csa, T* 
 template <typename T>
 void gemm_packed_panels(int64_t M, int64_t N, int64_t K, const T* packed_a, const T* panels,
                         T* C, int64_t ldc, bool accumulate);
+// gemm_packed_panels with A not packed but read in place, row-major (row i at A + i*lda).
+template <typename T>
+void gemm_rowa_panels(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* panels,
+                      T* C, int64_t ldc, bool accumulate);
+// gemm_packed_panels on one full panel (NR columns) read from rows base + rowoff[k] as g says,
+// packed into `panel` (K x NR) by the micro-kernel of the first row tile as it goes, so that
+// the packing hides under its FMAs; the other tiles read the packed panel. Bitwise the same as
+// packing the panel and calling gemm_packed_panels. False, having done nothing, where this ISA
+// has no such kernel (it takes masked loads) or the panel is not full or M < MR.
+template <typename T>
+bool gemm_gathered_panel(int64_t M, int64_t nr, int64_t K, const T* packed_a, const T* base,
+                         const int64_t* rowoff, const GatherCols& g, T* panel, T* C, int64_t ldc,
+                         bool accumulate);
 
 // ---- conv.cpp ---------------------------------------------------------------------------
 // 2-D convolution, NCHW, cross-correlation as in torch. conv1d runs through it with H = 1.

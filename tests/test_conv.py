@@ -177,6 +177,8 @@ def test_numba_pool_leaves_openmp_nesting_off():
     (3, 24, 8, 19, 6, 4, 2, dict(padding="same")),  # asymmetric padding, rows shorter than a vector
     (2, 30, 10, 17, 23, 3, 3, dict(padding=(3, 0), dilation=(2, 3), groups=2)),  # dilation, padding > kernel, groups
     (4, 32, 16, 1, 300, 1, 7, dict(padding=(0, 3))),  # conv1d-like
+    (9, 16, 20, 13, 13, 3, 3, dict(padding=1)),  # micro-kernel-packed panels into a batch's buffer
+    (10, 24, 16, 30, 30, 3, 3, dict(padding=1)),  # by samples, the last ones block by block
 ])
 def test_implicit_gemm_paths_against_reference(isa, threads, dtype, N, C, K, H, W, R, S, kw):
     """The implicit-GEMM variant on shapes that give it (not its im2col fallback) the work:
@@ -204,3 +206,19 @@ def test_implicit_gemm_paths_against_reference(isa, threads, dtype, N, C, K, H, 
     np.testing.assert_allclose(y, y_ref, rtol=tol, atol=tol)
     for a, e in zip(grads, grads_ref):
         np.testing.assert_allclose(a, e, rtol=tol, atol=tol * np.abs(e).max())
+
+
+def test_implicit_scratch_past_its_keep_limit():
+    """A padded sample past the per-thread keep limit (16 MiB) is freed after the call: the
+    same big call, a small one and the big one again all match the reference."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((1, 64, 260, 260)).astype(np.float32)
+    w = (rng.standard_normal((8, 64, 3, 3)) / 24).astype(np.float32)
+    xs, ws = x[:, :16, :20, :20].copy(), w[:, :16].copy()
+    with dk.backend("reference"):
+        y_ref = dk.conv2d_forward(x.astype(np.float64), w.astype(np.float64), None, padding=1)[0]
+        ys_ref = dk.conv2d_forward(xs.astype(np.float64), ws.astype(np.float64), None, padding=1)[0]
+    with dk.backend("cpp", "implicit"):
+        for xi, wi, ref in ((x, w, y_ref), (xs, ws, ys_ref), (x, w, y_ref)):
+            y = dk.conv2d_forward(xi, wi, None, padding=1)[0]
+            np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
