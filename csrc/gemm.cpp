@@ -671,6 +671,17 @@ void gemm_pack_a(int64_t M, int64_t K, const T* A, int64_t rsa, int64_t csa, T* 
   }
 }
 
+// The K blocks of the packed entry points: body(pc, kc, overwrite) for the block of kc k's from
+// pc; overwrite: C is stored, not added to (the first block, unless accumulating).
+template <typename T, typename Body>
+void for_packed_k_blocks(int64_t K, bool accumulate, Body&& body) {
+  const KBlocking<T> kb(K, packed_kc<T>());
+  for (int64_t pb = 0; pb < kb.nblocks; ++pb) {
+    const int64_t pc = pb * kb.kcb;
+    body(pc, std::min<int64_t>(kb.kcb, K - pc), !accumulate && pb == 0);
+  }
+}
+
 // The loop nest of gemm_block with nothing left to pack: A from gemm_pack_a, B in panels.
 template <typename T>
 void gemm_packed_panels(int64_t M, int64_t N, int64_t K, const T* packed_a, const T* panels,
@@ -682,11 +693,7 @@ void gemm_packed_panels(int64_t M, int64_t N, int64_t K, const T* packed_a, cons
     if (!accumulate) zero_c(M, N, C, ldc);
     return;
   }
-  const KBlocking<T> kb(K, packed_kc<T>());
-  for (int64_t pb = 0; pb < kb.nblocks; ++pb) {
-    const int64_t pc = pb * kb.kcb;
-    const int64_t kc = std::min<int64_t>(kb.kcb, K - pc);
-    const bool overwrite = !accumulate && pb == 0;
+  for_packed_k_blocks<T>(K, accumulate, [&](int64_t pc, int64_t kc, bool overwrite) {
     const T* ablk = packed_a + pc * M;
     for (int64_t ic = 0; ic < M; ic += CF::MC) {
       const int64_t mc = std::min<int64_t>(CF::MC, M - ic);
@@ -700,7 +707,7 @@ void gemm_packed_panels(int64_t M, int64_t N, int64_t K, const T* packed_a, cons
         }
       }
     }
-  }
+  });
 }
 
 // gemm_packed_panels' loop nest with A read in place: the same K blocks, the same FMA order.
@@ -714,11 +721,7 @@ void gemm_rowa_panels(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, 
     if (!accumulate) zero_c(M, N, C, ldc);
     return;
   }
-  const KBlocking<T> kb(K, packed_kc<T>());
-  for (int64_t pb = 0; pb < kb.nblocks; ++pb) {
-    const int64_t pc = pb * kb.kcb;
-    const int64_t kc = std::min<int64_t>(kb.kcb, K - pc);
-    const bool overwrite = !accumulate && pb == 0;
+  for_packed_k_blocks<T>(K, accumulate, [&](int64_t pc, int64_t kc, bool overwrite) {
     for (int64_t j = 0; j < N; j += NR) {
       const int nr = (int)std::min<int64_t>(NR, N - j);
       const int nv = (nr + W - 1) / W;
@@ -729,7 +732,7 @@ void gemm_rowa_panels(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, 
                                     overwrite);
       }
     }
-  }
+  });
 }
 
 template <typename T>
@@ -741,11 +744,7 @@ bool gemm_gathered_panel(int64_t M, int64_t nr, int64_t K, const T* packed_a, co
   constexpr int MR = CF::MR, NR = CF::NR, NV = CF::NV;
   if (nr != NR || M < MR || K <= 0) return false;
   // gemm_packed_panels' loop nest on one panel: the same K blocks, each tile's FMAs in order
-  const KBlocking<T> kb(K, packed_kc<T>());
-  for (int64_t pb = 0; pb < kb.nblocks; ++pb) {
-    const int64_t pc = pb * kb.kcb;
-    const int64_t kc = std::min<int64_t>(kb.kcb, K - pc);
-    const bool overwrite = !accumulate && pb == 0;
+  for_packed_k_blocks<T>(K, accumulate, [&](int64_t pc, int64_t kc, bool overwrite) {
     const T* ablk = packed_a + pc * M;
     T* bp = panel + pc * NR;
     ukernel_gather<T>(kc, ablk, base, rowoff + pc, g, bp, C, ldc, overwrite);
@@ -753,7 +752,7 @@ bool gemm_gathered_panel(int64_t M, int64_t nr, int64_t K, const T* packed_a, co
       const int mr = (int)std::min<int64_t>(MR, M - i);
       get_kernel<T>(mr, NV)(kc, ablk + i * kc, bp, NR, C + i * ldc, ldc, NR, overwrite);
     }
-  }
+  });
   return true;
 #else
   (void)M, (void)nr, (void)K, (void)packed_a, (void)base, (void)rowoff, (void)g, (void)panel,
