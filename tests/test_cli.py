@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -39,3 +40,16 @@ def test_bench_validates_times_and_writes_json_and_png(tmp_path):
 def test_bench_unknown_op_is_an_error():
     out = _run("bench", "--op", "nope")
     assert out.returncode == 2 and "no benchmark case matches 'nope'" in out.stderr
+
+
+def test_bench_samples_fill_min_seconds_for_short_calls(monkeypatch):
+    from dlkernels.benchmarks import runner
+    monkeypatch.setattr(runner, "SETTLE_SECONDS", 0.0)
+    calls = []
+    # a call of ~0 s gets MAX_RUNS runs; one of >= 0.01 s enough to fill min_seconds, at least `runs`
+    assert len(runner.samples(lambda: calls.append(1), runs=5)) == runner.MAX_RUNS
+    assert len(calls) == runner.MAX_RUNS + 1  # and one warm-up call
+    assert 5 <= len(runner.samples(lambda: time.sleep(0.01), runs=2, min_seconds=0.1)) <= 10
+    assert len(runner.samples(lambda: time.sleep(0.03), runs=5, min_seconds=0.1)) == 5
+    # the budget still bounds a slow call, to no fewer than 2 runs
+    assert len(runner.samples(lambda: time.sleep(0.03), runs=5, budget=0.01)) == 2

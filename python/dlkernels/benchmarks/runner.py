@@ -32,15 +32,24 @@ Row = dict[str, Any]
 # short kernel timed meanwhile shares the 2 cores with them (L3's cell step read 12 ms, not 0.4).
 SETTLE_SECONDS = 0.15
 
+# A short kernel gets as many runs as fill this many seconds (up to MAX_RUNS), not just `runs`:
+# five runs of a 0.1 ms kernel are half a millisecond of a noisy machine, and the median of
+# them swung 1.9-3.8x against its peer from one sample set to the next (L4 forward); with
+# 0.1 s of runs, 1.9-2.3x. Peers and dlkernels get the same rule.
+MIN_SECONDS = 0.1
+MAX_RUNS = 200
 
-def samples(fn: Callable[[], Any], runs: int = 5, budget: float = 1.0, warm: bool = False) -> list[float]:
+
+def samples(fn: Callable[[], Any], runs: int = 5, budget: float = 1.0, warm: bool = False,
+            min_seconds: float = MIN_SECONDS) -> list[float]:
     """Seconds per call of fn, after the other pools settle and one warm-up call (none when fn is
-    already warm: its first call counts); fewer runs when one call is slow."""
+    already warm: its first call counts): at least `runs` runs, more while they fill less than
+    min_seconds, fewer when one call is slow (budget)."""
     time.sleep(SETTLE_SECONDS)
     t0 = time.perf_counter()
     fn()
-    first = time.perf_counter() - t0
-    n = max(2, min(runs, int(budget / max(first, 1e-9))))
+    first = max(time.perf_counter() - t0, 1e-9)
+    n = max(2, min(max(runs, int(min_seconds / first)), int(budget / first), MAX_RUNS))
     times = [first] if warm else []
     while len(times) < n:
         t0 = time.perf_counter()
@@ -236,7 +245,7 @@ def _time_peers(peers: dict[str, tuple], into: dict[str, dict[str, list[float]]]
         for direction, fn in (("forward", fwd), ("forward+backward", fwdbwd)):
             if fn is not None:
                 got = into[name].setdefault(direction, [])
-                got.extend(samples(fn, runs=3, warm=bool(got)))
+                got.extend(samples(fn, runs=3, warm=bool(got), min_seconds=MIN_SECONDS / 2))
 
 
 def _figures(case: Case, state: Any, direction: str, t: float, n: int, peak: dict, peer_times: dict) -> dict:
