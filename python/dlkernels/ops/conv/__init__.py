@@ -169,6 +169,12 @@ register("conv2d", "forward", "cpp", "depthwise", cpp.forward("depthwise"),
 register("conv2d", "backward", "cpp", "depthwise", cpp.backward("depthwise"),
          supports=lambda dy, x, w, p, needs: None if cpp.depthwise(w, p) else "needs groups == input channels",
          prefer=lambda dy, x, w, p, needs: cpp.depthwise(w, p))
+register("conv2d", "forward", "cpp", "direct", cpp.forward("direct"),
+         supports=lambda x, w, b, p: cpp.needs_dense(p),
+         prefer=lambda x, w, b, p: cpp.direct(x, w, p))
+register("conv2d", "backward", "cpp", "direct", cpp.backward("direct"),
+         supports=lambda dy, x, w, p, needs: cpp.needs_dense(p),
+         prefer=lambda dy, x, w, p, needs: cpp.direct(x, w, p))
 
 # CUDA (kernels/conv.cu through ops/conv/cuda.py): igemm default; mma and depthwise ask for
 # their inputs; atomic (dw by atomicAdd, not repeatable) runs only when forced.

@@ -36,3 +36,13 @@ def backward(variant: str) -> Callable:
 def depthwise(w: np.ndarray, p: ConvParams) -> str | None:
     """Why the depthwise kernel fits (one input channel per group, several groups), or None."""
     return "groups == input channels (depthwise)" if w.shape[1] == 1 and p.groups > 1 else None
+
+
+def needs_dense(p: ConvParams) -> str | None:
+    """Why the direct kernel cannot take this input (it runs groups == 1 only), or None."""
+    return None if p.groups == 1 else "needs groups == 1"
+
+
+def direct(x: np.ndarray, w: np.ndarray, p: ConvParams) -> str | None:
+    """Why the direct kernel beats implicit GEMM on this input, or None."""
+    return None
