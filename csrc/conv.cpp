@@ -1622,8 +1622,8 @@ constexpr int DW_KB = VBYTES == 64 ? 4 : 2;
 constexpr int DW_TB = 5;
 
 // acc[k*ld + t] += sum_{p < P, q < Q} dyk[k][p*Q + q] * buf[p*rstep + off[t] + q] for k < DW_KB,
-// t < DW_TB. dy is read in place; the last vector of a row is a masked load (zero past the row),
-// so the x lanes past the row add nothing.
+// t < DW_TB. dy is read in place; the last vector of a row is a masked load of dy and of x
+// (zero past the row), so the lanes past the row add nothing.
 template <typename T>
 void direct_dw_tile(const T* const* dyk, int64_t Q, const T* buf, const int64_t* off, int64_t P,
                     int64_t rstep, vec<T>* acc, int64_t ld) {
@@ -1644,7 +1644,10 @@ void direct_dw_tile(const T* const* dyk, int64_t Q, const T* buf, const int64_t*
       }
 #pragma GCC unroll 8
       for (int t = 0; t < DW_TB; ++t) {
-        const vec<T> xv = vload(xr + off[t] + q);
+        // Masked too: the x lanes past the row may hold an inf that this tap never reads (0 * inf).
+        vec<T> xv;
+        if constexpr (decltype(masked)::value) xv = vload_n(xr + off[t] + q, Q - q);
+        else xv = vload(xr + off[t] + q);
 #pragma GCC unroll 8
         for (int k = 0; k < DW_KB; ++k) a[k][t] += d[k] * xv;
       }

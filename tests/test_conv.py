@@ -83,6 +83,22 @@ def test_direct_is_chosen_for_c1_and_logged(caplog):
         assert "conv2d forward -> cpp/implicit (default)" in caplog.text
 
 
+@pytest.mark.parametrize("variant", ["direct", "implicit"])
+def test_inf_outside_a_taps_window_stays_out_of_its_grad_weight(variant):
+    """x's last column is inf: only the rightmost filter column reads it, so dw's other columns,
+    dx and db stay finite (lanes past a row's end must not multiply it by a zero)."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 2, 6, 21)).astype(np.float32)
+    x[..., -1] = np.inf
+    w = rng.standard_normal((9, 2, 3, 3)).astype(np.float32)
+    b = np.zeros(9, np.float32)
+    with dk.backend("cpp", variant):
+        y, saved = dk.conv2d_forward(x, w, b)
+        dx, dw, db = dk.conv2d_backward(np.ones_like(y), saved)
+    assert np.isfinite(dw[..., :2]).all() and np.isfinite(dx).all() and np.isfinite(db).all()
+    assert not np.isfinite(dw[..., 2]).any()
+
+
 def test_forced_variant_that_cannot_take_the_input_raises():
     x, w = np.ones((1, 4, 5, 5)), np.ones((4, 4, 3, 3))
     with pytest.raises(ValueError, match="cannot take this input"), dk.backend("cpp", "depthwise"):
