@@ -1546,6 +1546,9 @@ void direct_sample(const T* buf, const DirectIn& in, const T* wp, const T* bias,
     } else if (kb == DIRECT_KB) {
       if (one) direct_planes<T, DIRECT_KB, 1, 1>(buf, off, ntaps, w, bias + k0, nk, o, P * Q, P, Q, rstep);
       else direct_planes<T, DIRECT_KB, 1, 2>(buf, off, ntaps, w, bias + k0, nk, o, P * Q, P, Q, rstep);
+    } else if (P < DIRECT_RB1) {  // conv1d (P = 1): a block of rows would recompute the one row
+      if (one) direct_planes<T, 1, 1, 1>(buf, off, ntaps, w, bias + k0, nk, o, P * Q, P, Q, rstep);
+      else direct_planes<T, 1, 1, 2>(buf, off, ntaps, w, bias + k0, nk, o, P * Q, P, Q, rstep);
     } else {
       if (one) direct_planes<T, 1, DIRECT_RB1, 1>(buf, off, ntaps, w, bias + k0, nk, o, P * Q, P, Q, rstep);
       else direct_planes<T, 1, DIRECT_RB1, 2>(buf, off, ntaps, w, bias + k0, nk, o, P * Q, P, Q, rstep);
