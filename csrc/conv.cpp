@@ -1375,6 +1375,415 @@ void conv2d_backward_depthwise(const ConvShape& s, const T* dy, const T* x, cons
   }
 }
 
+// ---- direct: few input channels --------------------------------------------------------------
+//
+// groups == 1 with a shallow reduction C*R*S (C1: one channel, 5x5: 25 taps), where GEMM's
+// depth is too small to pay for its packing. Output-stationary and vectorized along the output
+// row, like depthwise: a sample's C input planes sit in dw_fill's padded, deinterleaved layout,
+// so each tap (c, r, s) is one unaligned vector load per output vector, multiplied by the tap's
+// weight broadcast for a block of output channels.
+// Backward, per sample, from one padded copy of x and one of dy:
+//   dw[k, c, r, s] += sum_{p,q} dy[k, p, q] * xbuf_c[p*rstep + off(r, s) + q]  (vector partials)
+//   dx = the same output-stationary kernel run on dy, dilated by the stride and padded by
+//        (R-1)*dh - ph (left alike), with the filters flipped and transposed (K inputs, C
+//        outputs): a gather, so each dx element is written once.
+
+namespace {
+
+// Output channels per register block, and output rows per block when the channels are few.
+// AVX-512 has 32 vector registers, AVX2 and SSE 16; two vectors per row.
+constexpr int DIRECT_KB = VBYTES == 64 ? 8 : 4;
+constexpr int DIRECT_RB1 = 4;  // rows per block of the one-channel kernel (KB = 1)
+
+inline int direct_kb(int64_t cout) { return cout >= DIRECT_KB ? DIRECT_KB : 1; }
+
+// out[k][p, q] = bias[k] + sum_t wp[t*KB + k] * buf[p*rstep + off[t] + q] for the nk (<= KB)
+// output planes `ostride` apart (P x Q each). A register block is RB output rows x NV vectors x
+// KB channels; the taps are the inner loop, so each output vector is stored once. The loads may
+// run into the rows' slack (DwGeom's 2V), the stores stop at the row's end; a last partial block
+// of rows recomputes the last row and stores it once.
+template <typename T, int KB, int RB, int NV>
+void direct_planes(const T* buf, const int64_t* off, int64_t ntaps, const T* wp, const T* bias,
+                   int64_t nk, T* out, int64_t ostride, int64_t P, int64_t Q, int64_t rstep) {
+  constexpr int64_t V = simd<T>::width;
+  for (int64_t p = 0; p < P; p += RB) {
+    const T* rows[RB];
+    for (int i = 0; i < RB; ++i) rows[i] = buf + std::min<int64_t>(p + i, P - 1) * rstep;
+    for (int64_t q = 0; q < Q; q += NV * V) {
+      vec<T> acc[RB][KB][NV];
+#pragma GCC unroll 8
+      for (int k = 0; k < KB; ++k) {
+        const vec<T> bv = vbroadcast(bias[k]);
+#pragma GCC unroll 4
+        for (int i = 0; i < RB; ++i)
+#pragma GCC unroll 2
+          for (int j = 0; j < NV; ++j) acc[i][k][j] = bv;
+      }
+      for (int64_t t = 0; t < ntaps; ++t) {
+        const int64_t o = off[t] + q;
+        vec<T> xv[RB][NV];
+#pragma GCC unroll 4
+        for (int i = 0; i < RB; ++i)
+#pragma GCC unroll 2
+          for (int j = 0; j < NV; ++j) xv[i][j] = vload(rows[i] + o + j * V);
+        const T* wt = wp + t * KB;
+#pragma GCC unroll 8
+        for (int k = 0; k < KB; ++k) {
+          const vec<T> wv = vbroadcast(wt[k]);
+#pragma GCC unroll 4
+          for (int i = 0; i < RB; ++i)
+#pragma GCC unroll 2
+            for (int j = 0; j < NV; ++j) acc[i][k][j] += wv * xv[i][j];
+        }
+      }
+      for (int k = 0; k < KB && k < nk; ++k)
+        for (int i = 0; i < RB && p + i < P; ++i) {
+          T* yr = out + k * ostride + (p + i) * Q;
+          for (int j = 0; j < NV && q + j * V < Q; ++j) vstore_row(yr + q + j * V, acc[i][k][j], Q - q - j * V);
+        }
+    }
+  }
+}
+
+// One output plane when the rows of a register block share their input rows (row stride and
+// dilation 1, R known): a block of RB output rows reads RB + R - 1 input rows, and each input
+// vector, loaded once per (channel, column tap), serves up to R of the block's rows, with the R
+// weights of that column in registers. direct_planes<T, 1, ...> loads one vector per FMA (the
+// dx gather of C1, one output channel, was load-bound at 2x the forward's time).
+//   out[p, q] = bias + sum_{c, r, s} wt[(c*R + r)*S + s] * buf[c*plane + (p + r)*rstep + coff[s] + q]
+// add: start from out's values instead of bias (the caller sums over input channels in turn).
+// A last partial block reads up to RB - 1 rows past a plane's last row: the caller leaves them
+// readable (direct_plane_slack).
+template <typename T, int R, int RB, int NV>
+void direct_plane_rows(const T* buf, int64_t cin, int64_t plane, const int64_t* coff, int64_t S,
+                       const T* wt, T bias, T* out, int64_t P, int64_t Q, int64_t rstep, bool add) {
+  constexpr int64_t V = simd<T>::width;
+  for (int64_t p = 0; p < P; p += RB) {
+    for (int64_t q = 0; q < Q; q += NV * V) {
+      vec<T> acc[RB][NV];
+#pragma GCC unroll 16
+      for (int i = 0; i < RB; ++i)
+#pragma GCC unroll 2
+        for (int j = 0; j < NV; ++j) {
+          const int64_t n = Q - q - j * V;
+          const T* yr = out + std::min<int64_t>(p + i, P - 1) * Q + q + j * V;
+          acc[i][j] = !add ? vbroadcast(bias) : n >= V ? vload(yr) : n > 0 ? vload_n(yr, n) : vbroadcast(T(0));
+        }
+      for (int64_t c = 0; c < cin; ++c)
+        for (int64_t sx = 0; sx < S; ++sx) {
+          vec<T> wv[R];
+#pragma GCC unroll 8
+          for (int r = 0; r < R; ++r) wv[r] = vbroadcast(wt[(c * R + r) * S + sx]);
+          const T* row = buf + c * plane + coff[sx] + q + p * rstep;
+#pragma GCC unroll 24
+          for (int u = 0; u < RB + R - 1; ++u, row += rstep) {  // input row p + u
+            vec<T> xv[NV];
+#pragma GCC unroll 2
+            for (int j = 0; j < NV; ++j) xv[j] = vload(row + j * V);
+#pragma GCC unroll 8
+            for (int r = 0; r < R; ++r) {  // feeds output row i = u - r
+              const int i = u - r;
+              if (i < 0 || i >= RB) continue;
+#pragma GCC unroll 2
+              for (int j = 0; j < NV; ++j) acc[i][j] += wv[r] * xv[j];
+            }
+          }
+        }
+      for (int i = 0; i < RB && p + i < P; ++i) {
+        T* yr = out + (p + i) * Q;
+        for (int j = 0; j < NV && q + j * V < Q; ++j) vstore_row(yr + q + j * V, acc[i][j], Q - q - j * V);
+      }
+    }
+  }
+}
+
+// Rows per block of direct_plane_rows: its RB x NV sums, R weights and NV inputs in registers.
+// (C1's dx, AVX-512: 8 rows 0.67-0.69 ms, 4 rows 0.70-0.78.)
+constexpr int DIRECT_ROWS = VBYTES == 64 ? 8 : 4;
+// dy channels per dx pass when dx's output channels are few: their padded planes (~100 KB for
+// C1) stay in L2 while every dx row gathers from them. (C1: 8 or 32 planes 0.67-0.69 ms; one
+// plane at a time, 0.84-0.95: the sums go through memory too often.)
+constexpr int64_t DX_KC = 8;
+
+// Plane stride for direct_plane_rows' inputs: the padded plane and DIRECT_ROWS spare rows.
+inline int64_t direct_plane_stride(const DwGeom& g) { return g.size + DIRECT_ROWS * g.rowlen; }
+
+template <typename T, int R>
+void direct_plane_rows_nv(const T* buf, int64_t cin, int64_t plane, const int64_t* coff, int64_t S,
+                          const T* wt, T bias, T* out, int64_t P, int64_t Q, int64_t rstep, bool add) {
+  if (Q <= simd<T>::width)
+    direct_plane_rows<T, R, DIRECT_ROWS, 1>(buf, cin, plane, coff, S, wt, bias, out, P, Q, rstep, add);
+  else
+    direct_plane_rows<T, R, DIRECT_ROWS, 2>(buf, cin, plane, coff, S, wt, bias, out, P, Q, rstep, add);
+}
+
+// The input of direct_sample: planes `plane` apart, tap (c, r, s) at off[(c*R + r)*S + s].
+// rows: consecutive output rows read consecutive input rows for consecutive r (stride and
+// dilation 1 along H), so direct_plane_rows may run.
+struct DirectIn {
+  const int64_t* off;
+  int64_t cin, R, S, plane, rstep;
+  bool rows;
+};
+
+// cout output planes of one sample, in blocks of kb channels (the weights packed by direct_pack
+// for that block size: DIRECT_KB or 1); one vector per row when a row fits in one.
+template <typename T>
+void direct_sample(const T* buf, const DirectIn& in, const T* wp, const T* bias, int kb, int64_t cout,
+                   T* out, int64_t P, int64_t Q) {
+  constexpr int64_t V = simd<T>::width;
+  const bool one = Q <= V;
+  const int64_t ntaps = in.cin * in.R * in.S, rstep = in.rstep;
+  const int64_t* off = in.off;
+  for (int64_t k0 = 0; k0 < cout; k0 += kb) {
+    const T* w = wp + k0 * ntaps;
+    T* o = out + k0 * P * Q;
+    const int64_t nk = std::min<int64_t>(kb, cout - k0);
+    if (kb == 1 && in.rows && (in.R == 3 || in.R == 5 || in.R == 7)) {
+      auto run = in.R == 3 ? direct_plane_rows_nv<T, 3> : in.R == 5 ? direct_plane_rows_nv<T, 5>
+                                                                    : direct_plane_rows_nv<T, 7>;
+      run(buf, in.cin, in.plane, off, in.S, w, bias[k0], o, P, Q, rstep, false);
+    } else if (kb == DIRECT_KB) {
+      if (one) direct_planes<T, DIRECT_KB, 1, 1>(buf, off, ntaps, w, bias + k0, nk, o, P * Q, P, Q, rstep);
+      else direct_planes<T, DIRECT_KB, 1, 2>(buf, off, ntaps, w, bias + k0, nk, o, P * Q, P, Q, rstep);
+    } else if (P < DIRECT_RB1) {  // conv1d (P = 1): a block of rows would recompute the one row
+      if (one) direct_planes<T, 1, 1, 1>(buf, off, ntaps, w, bias + k0, nk, o, P * Q, P, Q, rstep);
+      else direct_planes<T, 1, 1, 2>(buf, off, ntaps, w, bias + k0, nk, o, P * Q, P, Q, rstep);
+    } else {
+      if (one) direct_planes<T, 1, DIRECT_RB1, 1>(buf, off, ntaps, w, bias + k0, nk, o, P * Q, P, Q, rstep);
+      else direct_planes<T, 1, DIRECT_RB1, 2>(buf, off, ntaps, w, bias + k0, nk, o, P * Q, P, Q, rstep);
+    }
+  }
+}
+
+// wp[(k0 + t)*kb + k - k0]: weight(k, t) for blocks of kb = direct_kb(cout) channels, zero past
+// cout; bias likewise (zeros without one). Returned sizes: ceil(cout / kb) * kb * ntaps and
+// ceil(cout / kb) * kb.
+template <typename T, typename F>
+void direct_pack(int64_t cout, int64_t ntaps, F weight, const T* b, std::vector<T>& wp,
+                 std::vector<T>& bias) {
+  const int64_t kb = direct_kb(cout), kp = (cout + kb - 1) / kb * kb;
+  wp.assign((size_t)(kp * ntaps), T(0));
+  bias.assign((size_t)kp, T(0));
+  for (int64_t k = 0; k < cout; ++k) {
+    const int64_t k0 = k / kb * kb;
+    for (int64_t t = 0; t < ntaps; ++t) wp[(size_t)((k0 * ntaps) + t * kb + (k - k0))] = weight(k, t);
+    if (b) bias[(size_t)k] = b[k];
+  }
+}
+
+// Tap offsets of the C planes of a padded sample, `plane` elements apart: tap (c, r, s) at
+// c*plane + g.off[r*S + s].
+inline std::vector<int64_t> direct_offsets(const DwGeom& g, int64_t C, int64_t RS, int64_t plane) {
+  std::vector<int64_t> off((size_t)(C * RS));
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t t = 0; t < RS; ++t) off[(size_t)(c * RS + t)] = c * plane + g.off[(size_t)t];
+  return off;
+}
+
+}  // namespace
+
+// Threads take contiguous runs of (sample, channel block) items, so a sample's padded copy is
+// made once per thread that touches it. Needs groups == 1 (else im2col).
+template <typename T>
+void conv2d_forward_direct(const ConvShape& s, const T* x, const T* w, const T* b, T* y) {
+  const int64_t PQ = s.P * s.Q, RS = s.R * s.S, CRS = s.C * RS;
+  if (s.N <= 0 || s.K <= 0 || PQ <= 0) return;
+  if (s.groups != 1 || CRS == 0) return conv2d_forward_im2col(s, x, w, b, y);
+  const DwGeom g = dw_geom<T>(s);
+  const int64_t plane = direct_plane_stride(g);
+  const std::vector<int64_t> off = direct_offsets(g, s.C, RS, plane);
+  std::vector<T> wp, bias;
+  direct_pack<T>(s.K, CRS, [&](int64_t k, int64_t t) { return w[k * CRS + t]; }, b, wp, bias);
+  const DirectIn in{off.data(), s.C, s.R, s.S, plane, s.stride_h * g.rowlen, s.stride_h == 1 && s.dil_h == 1};
+  const int64_t kb = direct_kb(s.K), nkb = (s.K + kb - 1) / kb, items = s.N * nkb;
+  const int nt = num_threads_for(items);
+#pragma omp parallel num_threads(nt)
+  {
+    std::vector<T> buf((size_t)(s.C * plane), T(0));  // padding written once, stays zero
+    int64_t i0, i1, filled = -1;
+    split(items, nt, thread_id(), i0, i1);
+    // Whole samples at a time (the blocks of one sample in a row), a partial one at either end.
+    for (int64_t i = i0; i < i1;) {
+      const int64_t n = i / nkb, kb0 = i % nkb, kb1 = std::min(nkb, kb0 + (i1 - i));
+      if (n != filled)
+        for (int64_t c = 0; c < s.C; ++c) dw_fill(s, g, x + (n * s.C + c) * s.H * s.W, buf.data() + c * plane);
+      filled = n;
+      const int64_t k0 = kb0 * kb, k1 = std::min(s.K, kb1 * kb);
+      direct_sample<T>(buf.data(), in, wp.data() + k0 * CRS, bias.data() + k0, (int)kb, k1 - k0,
+                       y + (n * s.K + k0) * PQ, s.P, s.Q);
+      i += kb1 - kb0;
+    }
+  }
+}
+
+namespace {
+
+// Register block of the dw sums: KB output channels x TB taps (AVX-512: 20 sums, 4 dy and one
+// x vector live; AVX2/SSE: 10).
+constexpr int DW_KB = VBYTES == 64 ? 4 : 2;
+constexpr int DW_TB = 5;
+
+// acc[k*ld + t] += sum_{p < P, q < Q} dyk[k][p*Q + q] * buf[p*rstep + off[t] + q] for k < DW_KB,
+// t < DW_TB. dy is read in place; the last vector of a row is a masked load of dy and of x
+// (zero past the row), so the lanes past the row add nothing.
+template <typename T>
+void direct_dw_tile(const T* const* dyk, int64_t Q, const T* buf, const int64_t* off, int64_t P,
+                    int64_t rstep, vec<T>* acc, int64_t ld) {
+  constexpr int64_t V = simd<T>::width;
+  vec<T> a[DW_KB][DW_TB];
+  for (int k = 0; k < DW_KB; ++k)
+    for (int t = 0; t < DW_TB; ++t) a[k][t] = vbroadcast(T(0));
+  const int64_t qfull = Q / V * V;
+  for (int64_t p = 0; p < P; ++p) {
+    const T* xr = buf + p * rstep;
+    auto step = [&](int64_t q, auto masked) {
+      vec<T> d[DW_KB];
+#pragma GCC unroll 8
+      for (int k = 0; k < DW_KB; ++k) {
+        const T* dr = dyk[k] + p * Q + q;
+        if constexpr (decltype(masked)::value) d[k] = vload_n(dr, Q - q);
+        else d[k] = vload(dr);
+      }
+#pragma GCC unroll 8
+      for (int t = 0; t < DW_TB; ++t) {
+        // Masked too: the x lanes past the row may hold an inf that this tap never reads (0 * inf).
+        vec<T> xv;
+        if constexpr (decltype(masked)::value) xv = vload_n(xr + off[t] + q, Q - q);
+        else xv = vload(xr + off[t] + q);
+#pragma GCC unroll 8
+        for (int k = 0; k < DW_KB; ++k) a[k][t] += d[k] * xv;
+      }
+    };
+    for (int64_t q = 0; q < qfull; q += V) step(q, std::false_type{});
+    if (qfull < Q) step(qfull, std::true_type{});
+  }
+  for (int k = 0; k < DW_KB; ++k)
+    for (int t = 0; t < DW_TB; ++t) acc[k * ld + t] += a[k][t];
+}
+
+}  // namespace
+
+// Threads split the samples (a fixed, contiguous share each): dx rows have one owner, and dw and
+// db are summed per thread, then over the threads in order: bitwise repeatable at a fixed
+// thread count. Needs groups == 1 (else im2col).
+template <typename T>
+void conv2d_backward_direct(const ConvShape& s, const T* dy, const T* x, const T* w, T* dx, T* dw,
+                            T* db) {
+  const int64_t PQ = s.P * s.Q, HW = s.H * s.W, RS = s.R * s.S, CRS = s.C * RS;
+  if (s.groups != 1 || s.N <= 0 || s.K <= 0 || PQ <= 0 || CRS == 0 || HW <= 0)
+    return conv2d_backward_im2col(s, dy, x, w, dx, dw, db);
+  constexpr int64_t V = simd<T>::width;
+  const int64_t K = s.K, C = s.C;
+  // dw: x padded as in the forward; taps and channels rounded up to whole tiles (the extra ones
+  // repeat tap 0 / channel 0 into sums that are dropped).
+  const DwGeom g = dw_geom<T>(s);
+  const int64_t ntp = (CRS + DW_TB - 1) / DW_TB * DW_TB, Kp = (K + DW_KB - 1) / DW_KB * DW_KB;
+  std::vector<int64_t> xoff = direct_offsets(g, C, RS, g.size);
+  xoff.resize((size_t)ntp, xoff[0]);
+  // dx: the flipped convolution t of dy dilated by the stride, stride 1, output H x W.
+  ConvShape t = s;
+  t.stride_h = t.stride_w = 1;
+  t.P = s.H, t.Q = s.W;
+  const int64_t tph = (s.R - 1) * s.dil_h - s.pad_h, tpw = (s.S - 1) * s.dil_w - s.pad_w;
+  const DwGeom gt = dw_geom<T>(t);
+  const int64_t tplane = direct_plane_stride(gt);
+  const std::vector<int64_t> doff = direct_offsets(gt, K, RS, tplane);
+  const DirectIn din{doff.data(), K, s.R, s.S, tplane, gt.rowlen, s.dil_h == 1};
+  std::vector<T> wf, zero;
+  if (dx)
+    direct_pack<T>(C, K * RS, [&](int64_t c, int64_t u) {
+      const int64_t k = u / RS, r = u % RS;
+      return w[(k * C + c) * RS + RS - 1 - r];
+    }, (const T*)nullptr, wf, zero);
+  // With one output channel per block and rows shared (C1), dx runs dy's channels in the outer
+  // loop, each through one padded plane that stays in L1 while all dx rows gather from it (the
+  // sums in dx itself); otherwise direct_sample reads all K padded planes of the sample.
+  const bool dx_rows = dx && direct_kb(C) == 1 && din.rows && (s.R == 3 || s.R == 5 || s.R == 7);
+  auto rows_run = s.R == 3 ? direct_plane_rows_nv<T, 3> : s.R == 5 ? direct_plane_rows_nv<T, 5>
+                                                                   : direct_plane_rows_nv<T, 7>;
+  const int nt = num_threads_for(s.N);
+  const int64_t nsum = K * CRS + K;  // one thread's dw and db partial sums
+  std::vector<T> part((size_t)(nt * nsum), T(0));
+#pragma omp parallel num_threads(nt)
+  {
+    const int th = thread_id();
+    int64_t n0, n1;
+    split(s.N, nt, th, n0, n1);
+    std::vector<T> xbuf(dw ? (size_t)(C * g.size) : 0, T(0));
+    std::vector<T> dybuf(dx ? (size_t)((dx_rows ? std::min<int64_t>(K, DX_KC) : K) * tplane) : 0, T(0));  // padding stays 0
+    std::vector<VBox<T>> accw(dw ? (size_t)(Kp * ntp) : 0, VBox<T>{vbroadcast(T(0))});
+    std::vector<VBox<T>> accb(db ? (size_t)K : 0, VBox<T>{vbroadcast(T(0))});
+    // dy[k, p, q] at padded (p*sh + tph, q*sw + tpw) of plane `dst`; what falls outside is never read.
+    const int64_t qlo = tpw >= 0 ? 0 : (-tpw + s.stride_w - 1) / s.stride_w;
+    const int64_t qhi = std::min<int64_t>(s.Q, (gt.Wp - 1 - tpw) / s.stride_w + 1);
+    auto fill_dy = [&](const T* src, T* dst) {
+      for (int64_t p = 0; p < s.P && qlo < qhi; ++p) {
+        const int64_t i = p * s.stride_h + tph;
+        if (i < 0 || i >= gt.Hp) continue;
+        T* row = dst + i * gt.rowlen;
+        const T* sr = src + p * s.Q;
+        if (s.stride_w == 1) copy_row(row + qlo + tpw, sr + qlo, qhi - qlo);
+        else
+          for (int64_t q = qlo; q < qhi; ++q) row[q * s.stride_w + tpw] = sr[q];
+      }
+    };
+    for (int64_t n = n0; n < n1; ++n) {
+      const T* dyn = dy + n * K * PQ;
+      if (db)
+        for (int64_t k = 0; k < K; ++k) {
+          const T* d = dyn + k * PQ;
+          vec<T> a = accb[(size_t)k].v;
+          int64_t i = 0;
+          for (; i + V <= PQ; i += V) a += vload(d + i);
+          if (i < PQ) a += vload_n(d + i, PQ - i);
+          accb[(size_t)k].v = a;
+        }
+      if (dw) {
+        for (int64_t c = 0; c < C; ++c) dw_fill(s, g, x + (n * C + c) * HW, xbuf.data() + c * g.size);
+        for (int64_t k0 = 0; k0 < Kp; k0 += DW_KB) {
+          const T* dyk[DW_KB];  // channels past K repeat channel 0 into sums that are dropped
+          for (int k = 0; k < DW_KB; ++k) dyk[k] = dyn + (k0 + k < K ? k0 + k : 0) * PQ;
+          for (int64_t t0 = 0; t0 < ntp; t0 += DW_TB)
+            direct_dw_tile<T>(dyk, s.Q, xbuf.data(), xoff.data() + t0, s.P, s.stride_h * g.rowlen,
+                              &accw[(size_t)(k0 * ntp + t0)].v, ntp);
+        }
+      }
+      if (dx_rows) {
+        for (int64_t k0 = 0; k0 < K; k0 += DX_KC) {
+          const int64_t kc = std::min<int64_t>(DX_KC, K - k0);
+          for (int64_t k = 0; k < kc; ++k) fill_dy(dyn + (k0 + k) * PQ, dybuf.data() + k * tplane);
+          for (int64_t c = 0; c < C; ++c)
+            rows_run(dybuf.data(), kc, tplane, doff.data(), s.S, wf.data() + (c * K + k0) * RS, T(0),
+                     dx + (n * C + c) * HW, s.H, s.W, gt.rowlen, k0 > 0);
+        }
+      } else if (dx) {
+        for (int64_t k = 0; k < K; ++k) fill_dy(dyn + k * PQ, dybuf.data() + k * tplane);
+        direct_sample<T>(dybuf.data(), din, wf.data(), zero.data(), direct_kb(C), C, dx + n * C * HW, s.H, s.W);
+      }
+    }
+    T* mine = part.data() + th * nsum;
+    if (dw)
+      for (int64_t k = 0; k < K; ++k)
+        for (int64_t u = 0; u < CRS; ++u) mine[k * CRS + u] = hsum<T>(accw[(size_t)(k * ntp + u)].v);
+    if (db)
+      for (int64_t k = 0; k < K; ++k) mine[K * CRS + k] = hsum<T>(accb[(size_t)k].v);
+  }
+  // Thread partials summed in thread order.
+  if (dw)
+    for (int64_t i = 0; i < K * CRS; ++i) {
+      T a = 0;
+      for (int th = 0; th < nt; ++th) a += part[(size_t)(th * nsum + i)];
+      dw[i] = a;
+    }
+  if (db)
+    for (int64_t k = 0; k < K; ++k) {
+      T a = 0;
+      for (int th = 0; th < nt; ++th) a += part[(size_t)(th * nsum + K * CRS + k)];
+      db[k] = a;
+    }
+}
+
 #define DLK_CONV_INSTANTIATE(T)                                                                   \
   template void conv2d_forward_im2col<T>(const ConvShape&, const T*, const T*, const T*, T*);     \
   template void conv2d_backward_im2col<T>(const ConvShape&, const T*, const T*, const T*, T*, T*, \
@@ -1384,7 +1793,10 @@ void conv2d_backward_depthwise(const ConvShape& s, const T* dy, const T* x, cons
                                             T*, T*);                                              \
   template void conv2d_forward_depthwise<T>(const ConvShape&, const T*, const T*, const T*, T*);  \
   template void conv2d_backward_depthwise<T>(const ConvShape&, const T*, const T*, const T*, T*,  \
-                                             T*, T*);
+                                             T*, T*);                                             \
+  template void conv2d_forward_direct<T>(const ConvShape&, const T*, const T*, const T*, T*);     \
+  template void conv2d_backward_direct<T>(const ConvShape&, const T*, const T*, const T*, T*, T*, \
+                                          T*);
 DLK_CONV_INSTANTIATE(float)
 DLK_CONV_INSTANTIATE(double)
 

@@ -121,6 +121,11 @@ void conv2d_forward_depthwise(const ConvShape& s, const T* x, const T* w, const 
 template <typename T>
 void conv2d_backward_depthwise(const ConvShape& s, const T* dy, const T* x, const T* w, T* dx,
                                T* dw, T* db);
+template <typename T>
+void conv2d_forward_direct(const ConvShape& s, const T* x, const T* w, const T* b, T* y);
+template <typename T>
+void conv2d_backward_direct(const ConvShape& s, const T* dy, const T* x, const T* w, T* dx, T* dw,
+                            T* db);
 
 // ---- lstm.cpp ---------------------------------------------------------------------------
 // One LSTM layer, one direction, time-major and C-contiguous: x (T, B, I), h0 (B, P), c0 (B, H),

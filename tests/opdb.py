@@ -83,6 +83,9 @@ def _conv_samples(nd: int) -> Callable[[np.random.Generator], list[Sample]]:
             case(0, 3, 4, 6, 3, "zero-size batch", padding=1),
             case(2, 17, 19, 97 if not two else 23, 5 if two else 7, "odd channels, wide", padding=2),
             case(1, 3, 2, 8, 2, "stride 2 even kernel", stride=2, padding=1),
+            case(3, 1, 9, (13, 37) if two else 97, 5, "one input channel, K past a block, rows past a vector"),
+            case(2, 2, 3, (6, 1) if two else 1, (3, 1) if two else 1, "two channels, width 1"),
+            case(2, 1, 4, (9, 7) if two else 7, 3, "one channel, few outputs, padding", padding=2),
             Sample((rng.standard_normal((3, 8) if not two else (3, 6, 6)),
                     rng.standard_normal((4, 3, 3) if not two else (4, 3, 3, 3)), None), {}, "unbatched input"),
         ]

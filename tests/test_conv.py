@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 import dlkernels as dk
 from dlkernels import _cpp
+from dlkernels._registry import VariantRefused
 from dlkernels.ops.conv import reference
 from dlkernels.ops.conv.common import conv_params
 
@@ -61,10 +62,52 @@ def test_depthwise_is_chosen_and_logged(caplog):
     assert "conv2d forward -> cpp/depthwise (groups == input channels (depthwise))" in caplog.text
 
 
+def test_direct_is_chosen_for_c1_and_logged(caplog):
+    """The benchmark's C1 (one input channel, 5x5) runs cpp/direct both ways; a stride-2 backward
+    (dx from a dilated dy) and a deep reduction stay on implicit GEMM."""
+    x = np.ones((4, 1, 32, 32), np.float32)
+    w = np.ones((32, 1, 5, 5), np.float32)
+    caplog.set_level(logging.INFO, logger="dlkernels")
+    with dk.backend("cpp"):
+        y, saved = dk.conv2d_forward(x, w)
+        dk.conv2d_backward(y, saved)
+        assert "conv2d forward -> cpp/direct (shallow reduction C*R*S = 25" in caplog.text
+        assert "conv2d backward -> cpp/direct (shallow reduction C*R*S = 25" in caplog.text
+        caplog.clear()
+        y, saved = dk.conv2d_forward(x, w, stride=2)
+        dk.conv2d_backward(y, saved)
+        assert "conv2d forward -> cpp/direct" in caplog.text
+        assert "conv2d backward -> cpp/implicit (default)" in caplog.text
+        caplog.clear()
+        dk.conv2d(np.ones((2, 32, 8, 8), np.float32), np.ones((4, 32, 3, 3), np.float32))
+        assert "conv2d forward -> cpp/implicit (default)" in caplog.text
+
+
+@pytest.mark.parametrize("variant", ["direct", "implicit"])
+def test_inf_outside_a_taps_window_stays_out_of_its_grad_weight(variant):
+    """x's last column is inf: only the rightmost filter column reads it, so dw's other columns,
+    dx and db stay finite (lanes past a row's end must not multiply it by a zero)."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 2, 6, 21)).astype(np.float32)
+    x[..., -1] = np.inf
+    w = rng.standard_normal((9, 2, 3, 3)).astype(np.float32)
+    b = np.zeros(9, np.float32)
+    with dk.backend("cpp", variant):
+        y, saved = dk.conv2d_forward(x, w, b)
+        dx, dw, db = dk.conv2d_backward(np.ones_like(y), saved)
+    assert np.isfinite(dw[..., :2]).all() and np.isfinite(dx).all() and np.isfinite(db).all()
+    assert not np.isfinite(dw[..., 2]).any()
+
+
 def test_forced_variant_that_cannot_take_the_input_raises():
     x, w = np.ones((1, 4, 5, 5)), np.ones((4, 4, 3, 3))
     with pytest.raises(ValueError, match="cannot take this input"), dk.backend("cpp", "depthwise"):
         dk.conv2d(x, w)
+    with pytest.raises(VariantRefused, match="needs groups == 1"), dk.backend("cpp", "direct"):
+        dk.conv2d(x, np.ones((4, 2, 3, 3)), groups=2)
+    _, saved = dk.conv2d_forward(x, np.ones((4, 2, 3, 3)), groups=2)
+    with pytest.raises(VariantRefused, match="needs groups == 1"), dk.backend("cpp", "direct"):
+        dk.conv2d_backward(np.ones((1, 4, 3, 3)), saved)
 
 
 def test_backend_and_variant_names_are_checked():
@@ -100,16 +143,21 @@ def test_env_isa_forces_the_code_path():
     assert bad.returncode != 0 and "DLKERNELS_ISA: expected avx512, avx2 or scalar" in bad.stderr
 
 
-def test_grad_weight_is_bitwise_repeatable_on_a_big_batch():
-    """Enough samples that both threads contribute partial sums to dW."""
+@pytest.mark.parametrize("variant", ["implicit", "direct"])
+@pytest.mark.parametrize("N,C,K,size,k,pad", [(16, 8, 8, 20, 3, 1), (64, 1, 32, 32, 5, 0)])  # C1
+def test_grad_weight_is_bitwise_repeatable_on_a_big_batch(variant, N, C, K, size, k, pad, num_threads):
+    """Enough samples that both threads contribute partial sums to dW and db."""
     rng = np.random.default_rng(2)
-    x = rng.standard_normal((16, 8, 20, 20), dtype=np.float32)
-    w = rng.standard_normal((8, 8, 3, 3), dtype=np.float32)
-    _, saved = dk.conv2d_forward(x, w, padding=1)
-    g = rng.standard_normal((16, 8, 20, 20), dtype=np.float32)
-    runs = [dk.conv2d_backward(g, saved)[1] for _ in range(5)]
+    x = rng.standard_normal((N, C, size, size), dtype=np.float32)
+    w = rng.standard_normal((K, C, k, k), dtype=np.float32)
+    b = rng.standard_normal(K).astype(np.float32)
+    with num_threads(2), dk.backend("cpp", variant):
+        y, saved = dk.conv2d_forward(x, w, b, padding=pad)
+        g = rng.standard_normal(y.shape, dtype=np.float32)
+        runs = [dk.conv2d_backward(g, saved)[1:] for _ in range(5)]
     for r in runs[1:]:
-        np.testing.assert_array_equal(r, runs[0])
+        np.testing.assert_array_equal(r[0], runs[0][0])
+        np.testing.assert_array_equal(r[1], runs[0][1])
 
 
 def test_reference_is_the_definition():
@@ -183,6 +231,28 @@ def test_numba_pool_leaves_openmp_nesting_off():
 def test_implicit_gemm_paths_against_reference(isa, threads, dtype, N, C, K, H, W, R, S, kw):
     """The implicit-GEMM variant on shapes that give it (not its im2col fallback) the work:
     enough blocks for both threads, every lane pattern of the packed panels."""
+    _check_variant_against_reference("implicit", isa, threads, dtype, N, C, K, H, W, R, S, kw)
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "scalar"])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N,C,K,H,W,R,S,kw", [
+    (5, 1, 32, 32, 32, 5, 5, {}),  # C1's geometry: 28 = one vector + a masked one (AVX-512)
+    (3, 1, 17, 9, 40, 3, 5, dict(padding=(4, 0))),  # K past blocks of 8, padding past the kernel
+    (3, 2, 5, 12, 19, 7, 3, dict(padding=2)),  # few outputs: the row-sharing kernel, R = 7, row tails
+    (2, 3, 9, 11, 17, 3, 2, dict(stride=(2, 3), padding=(1, 2), dilation=(2, 1))),  # strides, dilation
+    (2, 1, 6, 13, 9, 4, 4, dict(padding="same")),  # even kernel: asymmetric padding, R = 4
+    (3, 2, 12, 1, 70, 1, 7, dict(padding=(0, 3))),  # conv1d-like, one row
+    (1, 3, 10, 5, 1, 3, 1, dict(padding=(1, 0))),  # width 1: every row a masked vector
+])
+def test_direct_paths_against_reference(isa, threads, dtype, N, C, K, H, W, R, S, kw):
+    """The direct variant's register blocks and their tails: channel blocks of 8 and the one-channel
+    row-sharing kernel, masked row ends, strides (dx from a dilated dy), both thread counts."""
+    _check_variant_against_reference("direct", isa, threads, dtype, N, C, K, H, W, R, S, kw)
+
+
+def _check_variant_against_reference(variant, isa, threads, dtype, N, C, K, H, W, R, S, kw):
     if isa not in _cpp.supported_isas():
         pytest.skip(f"this CPU has no {isa}")
     rng = np.random.default_rng(4)
@@ -197,7 +267,7 @@ def test_implicit_gemm_paths_against_reference(isa, threads, dtype, N, C, K, H, 
     before = dk.get_num_threads()
     try:
         dk.set_num_threads(threads)
-        with _cpp.use_isa(isa), dk.backend("cpp", "implicit"):
+        with _cpp.use_isa(isa), dk.backend("cpp", variant):
             y, saved = dk.conv2d_forward(x.astype(dtype), w.astype(dtype), b.astype(dtype), **kw)
             grads = dk.conv2d_backward(dy.astype(dtype), saved)
     finally:

@@ -25,6 +25,9 @@ Variants (the ladder, each tested and benchmarked):
                       filters packed once; dx as a forward convolution of dy (csrc/conv.cpp)
     cpp/depthwise     direct, vectorized along the output row: for groups == C, where GEMM
                       is the wrong shape (csrc/conv.cpp)
+    cpp/direct        groups == 1 with a shallow reduction C*R*S (few input channels, e.g. C1):
+                      output-stationary along the output row, a block of output channels per
+                      broadcast tap; dx gathered from padded dy, dw summed per thread (csrc/conv.cpp)
 """
 
 from __future__ import annotations
@@ -169,6 +172,12 @@ register("conv2d", "forward", "cpp", "depthwise", cpp.forward("depthwise"),
 register("conv2d", "backward", "cpp", "depthwise", cpp.backward("depthwise"),
          supports=lambda dy, x, w, p, needs: None if cpp.depthwise(w, p) else "needs groups == input channels",
          prefer=lambda dy, x, w, p, needs: cpp.depthwise(w, p))
+register("conv2d", "forward", "cpp", "direct", cpp.forward("direct"),
+         supports=lambda x, w, b, p: cpp.needs_dense(p),
+         prefer=lambda x, w, b, p: cpp.direct(x, w, p))
+register("conv2d", "backward", "cpp", "direct", cpp.backward("direct"),
+         supports=lambda dy, x, w, p, needs: cpp.needs_dense(p),
+         prefer=lambda dy, x, w, p, needs: cpp.direct(x, w, p, backward=True))
 
 # CUDA (kernels/conv.cu through ops/conv/cuda.py): igemm default; mma and depthwise ask for
 # their inputs; atomic (dw by atomicAdd, not repeatable) runs only when forced.
