@@ -185,6 +185,7 @@ void conv2d_forward_t(const std::string& variant, py::array x, py::array w, py::
   if (variant == "im2col") DLK_CALL(conv2d_forward_im2col<T>, s, X, Wt, B, Y);
   else if (variant == "implicit") DLK_CALL(conv2d_forward_implicit<T>, s, X, Wt, B, Y);
   else if (variant == "depthwise") DLK_CALL(conv2d_forward_depthwise<T>, s, X, Wt, B, Y);
+  else if (variant == "winograd") DLK_CALL(conv2d_forward_winograd<T>, s, X, Wt, B, Y);
   else throw std::invalid_argument("variant: unknown conv2d forward variant '" + variant + "'");
 }
 
@@ -205,6 +206,7 @@ void conv2d_backward_t(const std::string& variant, py::array dy, py::array x, py
   if (variant == "im2col") DLK_CALL(conv2d_backward_im2col<T>, s, DY, X, Wt, DX, DW, DB);
   else if (variant == "implicit") DLK_CALL(conv2d_backward_implicit<T>, s, DY, X, Wt, DX, DW, DB);
   else if (variant == "depthwise") DLK_CALL(conv2d_backward_depthwise<T>, s, DY, X, Wt, DX, DW, DB);
+  else if (variant == "winograd") DLK_CALL(conv2d_backward_winograd<T>, s, DY, X, Wt, DX, DW, DB);
   else throw std::invalid_argument("variant: unknown conv2d backward variant '" + variant + "'");
 }
 

@@ -25,6 +25,8 @@ Variants (the ladder, each tested and benchmarked):
                       filters packed once; dx as a forward convolution of dy (csrc/conv.cpp)
     cpp/depthwise     direct, vectorized along the output row: for groups == C, where GEMM
                       is the wrong shape (csrc/conv.cpp)
+    cpp/winograd      3x3, stride 1: Winograd F(2x2, 3x3), 16 GEMMs over channels on 4x4-transformed
+                      tiles, 2.25x fewer multiplies; dx likewise, dw by implicit (csrc/winograd.cpp)
 """
 
 from __future__ import annotations
@@ -169,6 +171,12 @@ register("conv2d", "forward", "cpp", "depthwise", cpp.forward("depthwise"),
 register("conv2d", "backward", "cpp", "depthwise", cpp.backward("depthwise"),
          supports=lambda dy, x, w, p, needs: None if cpp.depthwise(w, p) else "needs groups == input channels",
          prefer=lambda dy, x, w, p, needs: cpp.depthwise(w, p))
+register("conv2d", "forward", "cpp", "winograd", cpp.forward("winograd"),
+         supports=lambda x, w, b, p: None if cpp.winograd_fits(w, p) else "needs a 3x3 filter, stride 1, dilation 1, groups 1",
+         prefer=lambda x, w, b, p: cpp.winograd(x, w, p))
+register("conv2d", "backward", "cpp", "winograd", cpp.backward("winograd"),
+         supports=lambda dy, x, w, p, needs: None if cpp.winograd_fits(w, p) else "needs a 3x3 filter, stride 1, dilation 1, groups 1",
+         prefer=lambda dy, x, w, p, needs: cpp.winograd(x, w, p))
 
 # CUDA (kernels/conv.cu through ops/conv/cuda.py): igemm default; mma and depthwise ask for
 # their inputs; atomic (dw by atomicAdd, not repeatable) runs only when forced.

@@ -36,3 +36,19 @@ def backward(variant: str) -> Callable:
 def depthwise(w: np.ndarray, p: ConvParams) -> str | None:
     """Why the depthwise kernel fits (one input channel per group, several groups), or None."""
     return "groups == input channels (depthwise)" if w.shape[1] == 1 and p.groups > 1 else None
+
+
+def winograd_fits(w: np.ndarray, p: ConvParams) -> str | None:
+    """Why Winograd F(2x2, 3x3) applies (3x3 filter, stride 1, dilation 1, groups 1), or None.
+
+    conv1d's 1x3 filters (conv2d with H = 1) are not 3x3 and are refused.
+    """
+    ok = w.shape[2:] == (3, 3) and p.stride == (1, 1) and p.dilation == (1, 1) and p.groups == 1
+    return "3x3 filter, stride 1, dilation 1, groups 1 (Winograd F(2x2, 3x3))" if ok else None
+
+
+def winograd(x: np.ndarray, w: np.ndarray, p: ConvParams) -> str | None:
+    """Why winograd should beat implicit here, or None: it fits and the channel counts are
+    large enough for its 16 GEMMs (K x C, reduced over C) to run near the FMA peak."""
+    fits = winograd_fits(w, p)
+    return fits if fits and min(w.shape[0], w.shape[1]) >= 16 else None
