@@ -27,12 +27,11 @@
 //
 // Vectorization: the transforms run across tiles, lane l of a vector being tile t0 + l. The
 // lanes of one vector are a few runs of consecutive tiles of one tile row (a new run starts
-// where a tile row starts). Input: per channel, the 4 input rows of each tile row of the block
-// are copied to a zero-padded strip; lane l of a run reads strip[base + 2l + j] for column j,
-// which is the even / odd lanes of two unaligned vectors (one shuffle), and the runs of a
-// vector are merged by lane masks. Output: the four 2x2 results interleave back into two rows
-// of a per-channel output strip (garbage lanes land in its guard columns), copied to y.
-//
+// where a tile row starts). Lane l of a run reads input columns base + 2l + j, j < 4: the even
+// and odd elements of two vectors loaded at base and base + 2 (one shuffle each); the loads are
+// masked to the run's lanes and to the input (padding reads zero), and the runs of a vector are
+// OR-ed together. The output's four 2x2 results interleave back into two rows of y, by stores
+// masked the same way (ragged edges: the columns and rows past Q and P are not written).
 // Threads: blocks handed out dynamically; each block's arithmetic is the same whichever thread
 // runs it, so y is bitwise repeatable. Buffers are per thread.
 //
@@ -65,26 +64,28 @@ bool winograd_applies(const ConvShape& s) {
          s.dil_w == 1 && s.groups == 1 && s.C > 0;
 }
 
-// One run of a vector of tiles: lanes [lo, hi) are consecutive tiles of one tile row; lane l
-// reads the input strip at in + 2l (+ column j, + row i * IW) and writes the output strip at
-// out + 2l (+ column b, + row a * OW).
+// One run of a vector of tiles: lanes [lo, hi) are consecutive tiles tw0 .. of tile row th of
+// sample n. Everything a transform needs of it is channel independent and worked out once per
+// block: lane l of the run reads input row 2th + i - pad_h at columns vb + 2l + j - pad_w
+// (j < 4) and writes output rows 2th + a, columns vb + 2l + {0, 1} (vb = 2 (tw0 - lo)).
+// Loads and stores are masked: lanes outside the run, and pixels outside x or y, are neither
+// read nor written (they read zero), so neighbouring blocks on other threads are left alone.
 struct Run {
   int lo, hi;
-  int64_t in, out;
-};
-
-// One tile row of a block: tiles [tw0, tw1) of row th of sample n, at strip row rl.
-struct Seg {
-  int64_t n, th, tw0, tw1;
+  bool whole;           // all lanes, every load and store in bounds: plain vector loads/stores
+  int64_t xoff[4];      // x offset (channel 0) of the column read by lane 0's j = 0, row i
+  uint32_t xrows;       // bit i: input row i lies in x (else it reads zero)
+  uint32_t xmask[2][2]; // columns j = 0, 1 (pair 0) and 2, 3 (pair 1): masks of the two loads
+  int64_t yoff[2];      // y offset (channel 0) of lane 0's output column 0, row a
+  uint32_t yrows;       // bit a: output row a lies in y
+  uint32_t ymask[2];    // masks of the two interleaved stores of a row
 };
 
 template <typename T>
 struct WinoPlan {
   static constexpr int W = simd<T>::width;
-  static constexpr int64_t GUARD = 2 * W;  // strip columns before and after the data
   ConvShape s;
   int64_t TH, TW, tiles;  // tile rows and columns per sample, tiles in all
-  int64_t IW, OW;         // strip row lengths (input: 2TW + 2 data columns, output: 2TW)
   int64_t Tb, nblocks;    // tiles per block, blocks
   int64_t kc, nchunks;    // output channels per chunk, chunks
   int64_t asz;            // packed U size of one (chunk, xi)
@@ -96,8 +97,6 @@ struct WinoPlan {
     NR = gemm_panel_width<T>();
     TH = (s.P + 1) / 2, TW = (s.Q + 1) / 2;
     tiles = s.N * TH * TW;
-    IW = GUARD + 2 * TW + 2 + GUARD;
-    OW = GUARD + 2 * TW + GUARD;
     // V (16 x C x Tb) within ~384 KiB, so that it and an M chunk stay in L2; at most 8 panels
     const int64_t vb = 384 * 1024 / (16 * (int64_t)sizeof(T) * s.C);
     Tb = std::max<int64_t>(1, std::min<int64_t>(8, vb / NR)) * NR;
@@ -145,10 +144,9 @@ void transform_filters(const WinoPlan<T>& pl, const T* w, std::vector<T>& ubuf, 
 
 template <typename T>
 struct WinoScratch {
-  std::vector<T> strip, v, m, ostrip;
+  std::vector<T> v, m;
   std::vector<Run> runs;
   std::vector<int64_t> group_first;  // runs of vector g: [group_first[g], group_first[g + 1])
-  std::vector<Seg> segs;
 };
 
 template <typename T>
@@ -157,84 +155,122 @@ WinoScratch<T>& wino_scratch() {
   return s;
 }
 
-// Lane masks and shuffles, written once with GCC's vector extensions (any width).
+// Masked loads and stores: lane t only where bit t of m is set (masked-off lanes read zero and
+// are never touched, so they may lie outside the array). AVX-512 has them; elsewhere lane by lane.
 template <typename T>
-inline ivec<T> lane_ids() {
-  ivec<T> v;
-  for (int t = 0; t < simd<T>::width; ++t) v[t] = t;
+inline vec<T> load_masked(const T* p, uint32_t m) {
+#if defined(__AVX512F__)
+  if constexpr (sizeof(T) == 4) return (vec<T>)_mm512_maskz_loadu_ps((__mmask16)m, p);
+  else return (vec<T>)_mm512_maskz_loadu_pd((__mmask8)m, p);
+#else
+  vec<T> v = vec<T>{};
+  for (int t = 0; t < simd<T>::width; ++t)
+    if (m >> t & 1) v[t] = p[t];
   return v;
+#endif
 }
 
 template <typename T>
-inline vec<T> lane_select(ivec<T> m, vec<T> a, vec<T> b) {  // m ? a : b, lane by lane (m all ones/zeros)
-  return (vec<T>)(((ivec<T>)a & m) | ((ivec<T>)b & ~m));
+inline void store_masked(T* p, vec<T> v, uint32_t m) {
+#if defined(__AVX512F__)
+  if constexpr (sizeof(T) == 4) _mm512_mask_storeu_ps(p, (__mmask16)m, (__m512)v);
+  else _mm512_mask_storeu_pd(p, (__mmask8)m, (__m512d)v);
+#else
+  for (int t = 0; t < simd<T>::width; ++t)
+    if (m >> t & 1) p[t] = v[t];
+#endif
 }
 
+// ev[l] = the even elements of the 2W at p, od[l] = the odd ones (loads masked by m0, m1).
 template <typename T>
-inline void evens_odds(const T* p, vec<T>& ev, vec<T>& od) {  // ev[l] = p[2l], od[l] = p[2l + 1]
+inline void evens_odds(const T* p, bool whole, uint32_t m0, uint32_t m1, vec<T>& ev, vec<T>& od) {
   constexpr int W = simd<T>::width;
   ivec<T> me, mo;
   for (int t = 0; t < W; ++t) me[t] = 2 * t, mo[t] = 2 * t + 1;
-  const vec<T> a = vload(p), b = vload(p + W);
+  const vec<T> a = whole ? vload(p) : load_masked(p, m0);
+  const vec<T> b = whole ? vload(p + W) : load_masked(p + W, m1);
   ev = __builtin_shuffle(a, b, me);
   od = __builtin_shuffle(a, b, mo);
 }
 
+// p[2l] = a[l], p[2l + 1] = b[l], for the lanes the masks keep.
 template <typename T>
-inline void store_interleaved(T* p, vec<T> a, vec<T> b) {  // p[2l] = a[l], p[2l + 1] = b[l]
+inline void store_interleaved(T* p, bool whole, uint32_t m0, uint32_t m1, vec<T> a, vec<T> b) {
   constexpr int W = simd<T>::width;
   ivec<T> mlo, mhi;
   for (int t = 0; t < W; ++t) {
     mlo[t] = (t % 2 ? W : 0) + t / 2;
     mhi[t] = (t % 2 ? W : 0) + W / 2 + t / 2;
   }
-  vstore(p, __builtin_shuffle(a, b, mlo));
-  vstore(p + W, __builtin_shuffle(a, b, mhi));
+  const vec<T> lo = __builtin_shuffle(a, b, mlo), hi = __builtin_shuffle(a, b, mhi);
+  if (whole) {
+    vstore(p, lo);
+    vstore(p + W, hi);
+  } else {
+    store_masked(p, lo, m0);
+    store_masked(p + W, hi, m1);
+  }
 }
 
-// The runs and tile rows of the block of tiles [t0, t1).
+// Bits [lo, hi) of a 2W-bit mask (clipped to [0, 2W)).
+inline uint64_t bit_range(int64_t lo, int64_t hi, int n) {
+  lo = std::max<int64_t>(lo, 0), hi = std::min<int64_t>(hi, n);
+  if (lo >= hi) return 0;
+  const uint64_t upto = hi >= 64 ? ~0ull : (1ull << hi) - 1;
+  return upto & ~((1ull << lo) - 1);
+}
+
+// The runs of the block of tiles [t0, t1), grouped by vector.
 template <typename T>
 void plan_block(const WinoPlan<T>& pl, int64_t t0, int64_t t1, WinoScratch<T>& sc) {
   constexpr int W = simd<T>::width;
-  sc.runs.clear(), sc.group_first.clear(), sc.segs.clear();
-  const int64_t r0 = t0 / pl.TW;
+  const ConvShape& s = pl.s;
+  sc.runs.clear(), sc.group_first.clear();
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t r = t / pl.TW, tw = t % pl.TW;
     const int l = (int)((t - t0) % W);
     if (l == 0) sc.group_first.push_back((int64_t)sc.runs.size());
     if (l == 0 || tw == 0) {
-      const int64_t rl = r - r0;
-      sc.runs.push_back({l, l, rl * 4 * pl.IW + WinoPlan<T>::GUARD + 2 * (tw - l),
-                         rl * 2 * pl.OW + WinoPlan<T>::GUARD + 2 * (tw - l)});
+      Run run{};
+      run.lo = l;
+      run.xoff[0] = r / pl.TH;  // the sample and tile row, until the run is finished below
+      run.xoff[1] = r % pl.TH;
+      run.xoff[2] = tw - l;  // vb / 2
+      sc.runs.push_back(run);
     }
     sc.runs.back().hi = l + 1;
-    if (t == t0 || tw == 0) sc.segs.push_back({r / pl.TH, r % pl.TH, tw, tw});
-    sc.segs.back().tw1 = tw + 1;
   }
   sc.group_first.push_back((int64_t)sc.runs.size());
-}
-
-// Channel c's strip: for each tile row of the block, its 4 input rows, columns
-// [-pad_w, 2TW + 2 - pad_w) of the input at GUARD, zero outside the input and in the guards.
-template <typename T>
-void fill_strip(const WinoPlan<T>& pl, const T* x, int64_t c, const WinoScratch<T>& sc, T* strip) {
-  const ConvShape& s = pl.s;
-  const int64_t G = WinoPlan<T>::GUARD, w_lo = std::max<int64_t>(0, -s.pad_w);
-  const int64_t w_hi = std::min<int64_t>(s.W, 2 * pl.TW + 2 - s.pad_w);
-  for (size_t rl = 0; rl < sc.segs.size(); ++rl) {
-    const Seg& sg = sc.segs[rl];
+  const uint32_t full = (uint32_t)((1ull << W) - 1);
+  for (Run& run : sc.runs) {
+    const int64_t n = run.xoff[0], th = run.xoff[1], vb = 2 * run.xoff[2];
+    const uint64_t lanes = bit_range(2 * run.lo, 2 * run.hi, 2 * W);
+    bool whole = run.lo == 0 && run.hi == W;
+    run.xrows = 0;
     for (int i = 0; i < 4; ++i) {
-      T* row = strip + ((int64_t)rl * 4 + i) * pl.IW;
-      const int64_t ih = 2 * sg.th + i - s.pad_h;
-      if (ih < 0 || ih >= s.H || w_lo >= w_hi) {
-        std::memset(row, 0, sizeof(T) * pl.IW);
-        continue;
-      }
-      const int64_t a = G + w_lo + s.pad_w, e = G + w_hi + s.pad_w;
-      std::memset(row, 0, sizeof(T) * a);
-      std::memcpy(row + a, x + ((sg.n * s.C + c) * s.H + ih) * s.W + w_lo, sizeof(T) * (e - a));
-      std::memset(row + e, 0, sizeof(T) * (pl.IW - e));
+      const int64_t ih = 2 * th + i - s.pad_h;
+      if (ih >= 0 && ih < s.H) run.xrows |= 1u << i;
+      else whole = false;
+      run.xoff[i] = (n * s.C * s.H + ih) * s.W + vb - s.pad_w;
     }
+    for (int pr = 0; pr < 2; ++pr) {  // columns vb - pad_w + 2 pr + e, e < 2W
+      const int64_t c0 = vb - s.pad_w + 2 * pr;
+      const uint64_t m = lanes & bit_range(-c0, s.W - c0, 2 * W);
+      run.xmask[pr][0] = (uint32_t)(m & full);
+      run.xmask[pr][1] = (uint32_t)(m >> W);
+      whole = whole && m == bit_range(0, 2 * W, 2 * W);
+    }
+    run.yrows = 0;
+    for (int a = 0; a < 2; ++a) {
+      const int64_t p = 2 * th + a;
+      if (p < s.P) run.yrows |= 1u << a;
+      else whole = false;
+      run.yoff[a] = (n * s.K * s.P + p) * s.Q + vb;
+    }
+    const uint64_t m = lanes & bit_range(-vb, s.Q - vb, 2 * W);
+    run.ymask[0] = (uint32_t)(m & full);
+    run.ymask[1] = (uint32_t)(m >> W);
+    run.whole = whole && m == bit_range(0, 2 * W, 2 * W);
   }
 }
 
@@ -242,28 +278,29 @@ void fill_strip(const WinoPlan<T>& pl, const T* x, int64_t c, const WinoScratch<
 // (tiles [p NR, p NR + NR)) at p * NR * C, row c at c * wp (wp: the panel's width rounded up
 // to W), so that V + xi * vstride is the packed B of M[xi] = U[xi] @ V[xi].
 template <typename T>
-void input_transform(const WinoPlan<T>& pl, const T* x, int64_t nt, WinoScratch<T>& sc, T* strip,
-                     T* V, int64_t vstride) {
+void input_transform(const WinoPlan<T>& pl, const T* x, int64_t nt, const WinoScratch<T>& sc, T* V,
+                     int64_t vstride) {
   constexpr int W = simd<T>::width;
-  const int64_t C = pl.s.C, NR = pl.NR, IW = pl.IW;
-  const ivec<T> ids = lane_ids<T>();
+  const int64_t C = pl.s.C, NR = pl.NR, HW = pl.s.H * pl.s.W;
   const int64_t ngroups = (int64_t)sc.group_first.size() - 1;
   for (int64_t c = 0; c < C; ++c) {
-    fill_strip(pl, x, c, sc, strip);
+    const T* xc = x + c * HW;
     for (int64_t g = 0; g < ngroups; ++g) {
-      vec<T> d[4][4];
-      for (int i = 0; i < 4; ++i)
-        for (int j = 0; j < 4; ++j) d[i][j] = vec<T>{};
-      for (int64_t ri = sc.group_first[g]; ri < sc.group_first[g + 1]; ++ri) {
+      vec<T> d[4][4];  // the input patches, lanes = tiles: the runs' masked loads OR-ed together
+      const int64_t r0 = sc.group_first[g], r1 = sc.group_first[g + 1];
+      for (int64_t ri = r0; ri < r1; ++ri) {
         const Run& r = sc.runs[ri];
-        const ivec<T> m = (ids >= r.lo) & (ids < r.hi);
-        const bool whole = r.lo == 0 && r.hi == W;
         for (int i = 0; i < 4; ++i) {
-          const T* p = strip + r.in + i * IW;
           vec<T> e[4];
-          evens_odds(p, e[0], e[1]);
-          evens_odds(p + 2, e[2], e[3]);
-          for (int j = 0; j < 4; ++j) d[i][j] = whole ? e[j] : lane_select<T>(m, e[j], d[i][j]);
+          if (r.xrows >> i & 1) {
+            const T* p = xc + r.xoff[i];
+            evens_odds(p, r.whole, r.xmask[0][0], r.xmask[0][1], e[0], e[1]);
+            evens_odds(p + 2, r.whole, r.xmask[1][0], r.xmask[1][1], e[2], e[3]);
+          } else {
+            for (int j = 0; j < 4; ++j) e[j] = vec<T>{};
+          }
+          for (int j = 0; j < 4; ++j)
+            d[i][j] = ri == r0 ? e[j] : (vec<T>)((ivec<T>)d[i][j] | (ivec<T>)e[j]);
         }
       }
       vec<T> e[4][4];  // Bt d
@@ -286,16 +323,16 @@ void input_transform(const WinoPlan<T>& pl, const T* x, int64_t nt, WinoScratch<
   }
 }
 
-// y[k] for the block's tiles from M (16 x rows x ldm, row kk = channel k0 + kk): At M A + b.
+// y[k] for the block's tiles, k = k0 + kk, from M[xi] (rows x ldm, xi at mstride): At M A + b.
 template <typename T>
-void output_transform(const WinoPlan<T>& pl, const T* M, int64_t rows, int64_t ldm, int64_t k0,
-                      const T* b, WinoScratch<T>& sc, T* ostrip, T* y) {
+void output_transform(const WinoPlan<T>& pl, const T* M, int64_t rows, int64_t ldm, int64_t mstride,
+                      int64_t k0, const T* b, const WinoScratch<T>& sc, T* y) {
   constexpr int W = simd<T>::width;
-  const ConvShape& s = pl.s;
-  const int64_t OW = pl.OW, G = WinoPlan<T>::GUARD, mstride = rows * ldm;
+  const int64_t PQ = pl.s.P * pl.s.Q;
   const int64_t ngroups = (int64_t)sc.group_first.size() - 1;
   for (int64_t kk = 0; kk < rows; ++kk) {
     const int64_t k = k0 + kk;
+    T* yk = y + k * PQ;
     const vec<T> bias = vbroadcast<T>(b ? b[k] : T(0));
     for (int64_t g = 0; g < ngroups; ++g) {
       const T* mp = M + kk * ldm + g * W;
@@ -313,17 +350,9 @@ void output_transform(const WinoPlan<T>& pl, const T* M, int64_t rows, int64_t l
       }
       for (int64_t ri = sc.group_first[g]; ri < sc.group_first[g + 1]; ++ri) {
         const Run& r = sc.runs[ri];
-        for (int a = 0; a < 2; ++a) store_interleaved(ostrip + r.out + a * OW, o[a][0], o[a][1]);
-      }
-    }
-    for (size_t rl = 0; rl < sc.segs.size(); ++rl) {
-      const Seg& sg = sc.segs[rl];
-      const int64_t q0 = 2 * sg.tw0, q1 = std::min(s.Q, 2 * sg.tw1);
-      for (int a = 0; a < 2; ++a) {
-        const int64_t p = 2 * sg.th + a;
-        if (p >= s.P) continue;
-        std::memcpy(y + ((sg.n * s.K + k) * s.P + p) * s.Q + q0,
-                    ostrip + ((int64_t)rl * 2 + a) * OW + G + q0, sizeof(T) * (q1 - q0));
+        for (int a = 0; a < 2; ++a)
+          if (r.yrows >> a & 1)
+            store_interleaved(yk + r.yoff[a], r.whole, r.ymask[0], r.ymask[1], o[a][0], o[a][1]);
       }
     }
   }
@@ -335,20 +364,20 @@ void wino_block(const WinoPlan<T>& pl, const T* x, const T* b, T* y, int64_t blk
   const ConvShape& s = pl.s;
   const int64_t t0 = blk * pl.Tb, t1 = std::min(pl.tiles, t0 + pl.Tb), nt = t1 - t0;
   plan_block(pl, t0, t1, sc);
-  const int64_t nrows = (int64_t)sc.segs.size();
-  T* strip = wgrow(sc.strip, nrows * 4 * pl.IW);
-  T* ostrip = wgrow(sc.ostrip, nrows * 2 * pl.OW);
-  const int64_t vstride = s.C * round_to(nt, pl.NR);
+  // the 16 matrices one cache line more than a multiple of 4 KiB apart: the transforms touch
+  // all 16 at once, and 16 streams 4 KiB apart would share L1 sets (8 ways)
+  const int64_t vstride = s.C * round_to(nt, pl.NR) + 64 / (int64_t)sizeof(T);
   T* V = wgrow(sc.v, 16 * vstride);
-  input_transform(pl, x, nt, sc, strip, V, vstride);
+  input_transform(pl, x, nt, sc, V, vstride);
   const int64_t ldm = round_to(nt, simd<T>::width);
-  T* M = wgrow(sc.m, 16 * pl.kc * ldm);
+  T* M = wgrow(sc.m, 16 * (pl.kc * ldm + 64 / (int64_t)sizeof(T)));
   for (int64_t ch = 0; ch < pl.nchunks; ++ch) {
     const int64_t k0 = ch * pl.kc, rows = std::min(pl.kc, s.K - k0);
+    const int64_t mstride = rows * ldm + 64 / (int64_t)sizeof(T);  // as vstride
     for (int xi = 0; xi < 16; ++xi)
       gemm_packed_panels<T>(rows, nt, s.C, pl.pu + (ch * 16 + xi) * pl.asz, V + xi * vstride,
-                            M + xi * rows * ldm, ldm, false);
-    output_transform(pl, M, rows, ldm, k0, b, sc, ostrip, y);
+                            M + xi * mstride, ldm, false);
+    output_transform(pl, M, rows, ldm, mstride, k0, b, sc, y);
   }
 }
 
