@@ -124,7 +124,7 @@ void conv2d_backward_depthwise(const ConvShape& s, const T* dy, const T* x, cons
 
 // ---- winograd.cpp -----------------------------------------------------------------------
 // Winograd F(2x2, 3x3) for 3x3 filters, stride 1, dilation 1, groups 1 (any padding); other
-// shapes go to implicit. Backward: dx by winograd, dw and db by implicit's backward.
+// shapes go to implicit. Backward: dx and dw by winograd too (dw, db bitwise repeatable).
 template <typename T>
 void conv2d_forward_winograd(const ConvShape& s, const T* x, const T* w, const T* b, T* y);
 template <typename T>

@@ -26,7 +26,7 @@ Variants (the ladder, each tested and benchmarked):
     cpp/depthwise     direct, vectorized along the output row: for groups == C, where GEMM
                       is the wrong shape (csrc/conv.cpp)
     cpp/winograd      3x3, stride 1: Winograd F(2x2, 3x3), 16 GEMMs over channels on 4x4-transformed
-                      tiles, 2.25x fewer multiplies; dx likewise, dw by implicit (csrc/winograd.cpp)
+                      tiles, 2.25x fewer multiplies; dx and dw likewise (csrc/winograd.cpp)
 """
 
 from __future__ import annotations
