@@ -94,7 +94,7 @@ struct WinoPlan {
   const T* pu;            // packed U: (chunk, xi) at pu + (chunk * 16 + xi) * asz
   int NR;
 
-  void setup(const ConvShape& shape) {
+  void setup(const ConvShape& shape, int threads) {
     s = shape;
     NR = gemm_panel_width<T>();
     TH = (s.P + 1) / 2, TW = (s.Q + 1) / 2;
@@ -103,6 +103,8 @@ struct WinoPlan {
     const int64_t vb = 384 * 1024 / (16 * (int64_t)sizeof(T) * s.C);
     Tb = std::max<int64_t>(1, std::min<int64_t>(8, vb / NR)) * NR;
     Tb = std::min(Tb, std::max<int64_t>(W, round_to(tiles, W)));
+    // at least two blocks per thread where the tiles allow (down to one panel a block)
+    while (Tb > NR && (tiles + Tb - 1) / Tb < 2 * threads) Tb -= NR;
     nblocks = (tiles + Tb - 1) / Tb;
     // M chunk (16 x kc x Tb) within ~128 KiB, kc a multiple of 8 (gemm's MR on AVX-512)
     const int64_t kmax = std::max<int64_t>(8, 128 * 1024 / (16 * (int64_t)sizeof(T) * Tb) / 8 * 8);
@@ -118,6 +120,9 @@ template <typename T>
 void transform_filters(const WinoPlan<T>& pl, const T* w, std::vector<T>& ubuf, std::vector<T>& packed) {
   const int64_t K = pl.s.K, C = pl.s.C, KC = K * C;
   T* u = wgrow(ubuf, 16 * KC);
+  // in parallel: with few tiles (small images, many channels) this is a good part of the call
+  const int nt = in_parallel() ? 1 : (int)std::max<int64_t>(1, std::min<int64_t>(max_threads(), KC / 4096));
+#pragma omp parallel for schedule(static) num_threads(nt)
   for (int64_t kc = 0; kc < KC; ++kc) {
     const T* g = w + kc * 9;
     T t[4][3];  // G g: rows of G times g
@@ -137,10 +142,10 @@ void transform_filters(const WinoPlan<T>& pl, const T* w, std::vector<T>& ubuf, 
     }
   }
   T* pk = wgrow(packed, pl.nchunks * 16 * pl.asz);
-  for (int64_t ch = 0; ch < pl.nchunks; ++ch) {
-    const int64_t k0 = ch * pl.kc, rows = std::min(pl.kc, K - k0);
-    for (int xi = 0; xi < 16; ++xi)
-      gemm_pack_a<T>(rows, C, u + xi * KC + k0 * C, C, 1, pk + (ch * 16 + xi) * pl.asz);
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int64_t cx = 0; cx < pl.nchunks * 16; ++cx) {
+    const int64_t ch = cx / 16, xi = cx % 16, k0 = ch * pl.kc, rows = std::min(pl.kc, K - k0);
+    gemm_pack_a<T>(rows, C, u + xi * KC + k0 * C, C, 1, pk + cx * pl.asz);
   }
 }
 
@@ -400,7 +405,7 @@ template <typename T>
 void wino_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y) {
   if (s.N <= 0 || s.K <= 0 || s.P <= 0 || s.Q <= 0) return;
   WinoPlan<T> pl;
-  pl.setup(s);
+  pl.setup(s, in_parallel() ? 1 : max_threads());
   WinoCallScratch<T>& cs = wino_call_scratch<T>();
   transform_filters(pl, w, cs.u, cs.packed);
   pl.pu = cs.packed.data();
@@ -481,7 +486,7 @@ template <typename T>
 void wino_dw(const ConvShape& s, const T* dy, const T* x, T* dw, T* db) {
   const int64_t K = s.K, C = s.C, CK = C * K, PQ = s.P * s.Q;
   WinoPlan<T> pl;
-  pl.setup(s);
+  pl.setup(s, in_parallel() ? 1 : max_threads());
   const int nt = in_parallel() ? 1 : (int)std::max<int64_t>(1, std::min<int64_t>(max_threads(), pl.nblocks));
   WinoCallScratch<T>& cs = wino_call_scratch<T>();
   T* parts = dw ? wgrow(cs.partials, nt * 16 * CK) : nullptr;

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 import dlkernels as dk
 from dlkernels import _cpp
-from dlkernels.ops.conv import reference
 from dlkernels._registry import VariantRefused
+from dlkernels.ops.conv import reference
 from dlkernels.ops.conv.common import conv_params
 
 
@@ -259,7 +259,7 @@ def test_winograd_transforms_are_the_convolution(shape, pad):
 
 
 def test_winograd_is_preferred_for_c3_and_logged(caplog):
-    x = np.zeros((1, 128, 28, 28), np.float32)
+    x = np.zeros((16, 128, 28, 28), np.float32)  # C3
     w = np.zeros((128, 128, 3, 3), np.float32)
     caplog.set_level(logging.INFO, logger="dlkernels")
     with dk.backend("cpp"):

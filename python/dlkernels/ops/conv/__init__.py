@@ -171,11 +171,12 @@ register("conv2d", "forward", "cpp", "depthwise", cpp.forward("depthwise"),
 register("conv2d", "backward", "cpp", "depthwise", cpp.backward("depthwise"),
          supports=lambda dy, x, w, p, needs: None if cpp.depthwise(w, p) else "needs groups == input channels",
          prefer=lambda dy, x, w, p, needs: cpp.depthwise(w, p))
+_NOT_3X3 = "needs a 3x3 filter, stride 1, dilation 1, groups 1"
 register("conv2d", "forward", "cpp", "winograd", cpp.forward("winograd"),
-         supports=lambda x, w, b, p: None if cpp.winograd_fits(w, p) else "needs a 3x3 filter, stride 1, dilation 1, groups 1",
+         supports=lambda x, w, b, p: None if cpp.winograd_fits(w, p) else _NOT_3X3,
          prefer=lambda x, w, b, p: cpp.winograd(x, w, p))
 register("conv2d", "backward", "cpp", "winograd", cpp.backward("winograd"),
-         supports=lambda dy, x, w, p, needs: None if cpp.winograd_fits(w, p) else "needs a 3x3 filter, stride 1, dilation 1, groups 1",
+         supports=lambda dy, x, w, p, needs: None if cpp.winograd_fits(w, p) else _NOT_3X3,
          prefer=lambda dy, x, w, p, needs: cpp.winograd(x, w, p))
 
 # CUDA (kernels/conv.cu through ops/conv/cuda.py): igemm default; mma and depthwise ask for
