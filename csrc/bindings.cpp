@@ -186,6 +186,7 @@ void conv2d_forward_t(const std::string& variant, py::array x, py::array w, py::
   else if (variant == "implicit") DLK_CALL(conv2d_forward_implicit<T>, s, X, Wt, B, Y);
   else if (variant == "depthwise") DLK_CALL(conv2d_forward_depthwise<T>, s, X, Wt, B, Y);
   else if (variant == "direct") DLK_CALL(conv2d_forward_direct<T>, s, X, Wt, B, Y);
+  else if (variant == "winograd") DLK_CALL(conv2d_forward_winograd<T>, s, X, Wt, B, Y);
   else throw std::invalid_argument("variant: unknown conv2d forward variant '" + variant + "'");
 }
 
@@ -207,6 +208,7 @@ void conv2d_backward_t(const std::string& variant, py::array dy, py::array x, py
   else if (variant == "implicit") DLK_CALL(conv2d_backward_implicit<T>, s, DY, X, Wt, DX, DW, DB);
   else if (variant == "depthwise") DLK_CALL(conv2d_backward_depthwise<T>, s, DY, X, Wt, DX, DW, DB);
   else if (variant == "direct") DLK_CALL(conv2d_backward_direct<T>, s, DY, X, Wt, DX, DW, DB);
+  else if (variant == "winograd") DLK_CALL(conv2d_backward_winograd<T>, s, DY, X, Wt, DX, DW, DB);
   else throw std::invalid_argument("variant: unknown conv2d backward variant '" + variant + "'");
 }
 

@@ -127,6 +127,15 @@ template <typename T>
 void conv2d_backward_direct(const ConvShape& s, const T* dy, const T* x, const T* w, T* dx, T* dw,
                             T* db);
 
+// ---- winograd.cpp -----------------------------------------------------------------------
+// Winograd F(2x2, 3x3) for 3x3 filters, stride 1, dilation 1, groups 1 (any padding); other
+// shapes go to implicit. Backward: dx and dw by winograd too (dw, db bitwise repeatable).
+template <typename T>
+void conv2d_forward_winograd(const ConvShape& s, const T* x, const T* w, const T* b, T* y);
+template <typename T>
+void conv2d_backward_winograd(const ConvShape& s, const T* dy, const T* x, const T* w, T* dx,
+                              T* dw, T* db);
+
 // ---- lstm.cpp ---------------------------------------------------------------------------
 // One LSTM layer, one direction, time-major and C-contiguous: x (T, B, I), h0 (B, P), c0 (B, H),
 // w_ih (4H, I), w_hh (4H, P), bias (4H) = b_ih + b_hh or null, w_hr (P, H) or null (P = H),

@@ -88,7 +88,14 @@ def _conv_samples(nd: int) -> Callable[[np.random.Generator], list[Sample]]:
             case(2, 1, 4, (9, 7) if two else 7, 3, "one channel, few outputs, padding", padding=2),
             Sample((rng.standard_normal((3, 8) if not two else (3, 6, 6)),
                     rng.standard_normal((4, 3, 3) if not two else (4, 3, 3, 3)), None), {}, "unbatched input"),
-        ]
+        ] + ([  # 3x3, stride 1: what cpp/winograd takes (2x2 output tiles, ragged at odd sizes)
+            case(1, 1, 7, (7, 97), 3, "3x3 stride 1, one input channel, width 97", padding=1),
+            case(2, 7, 1, (9, 7), 3, "3x3 stride 1, one output channel, padding 0"),
+            case(3, 5, 6, (1, 7), 3, "3x3 stride 1, one input row", padding=1),
+            case(2, 7, 7, (6, 5), 3, "3x3 stride 1, padding 2", padding=2),
+            case(1, 16, 20, (13, 27), 3, "3x3 stride 1, 16+ channels, odd sizes (winograd preferred)",
+                 padding=1),
+        ] if two else [])
     return make
 
 

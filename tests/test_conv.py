@@ -292,3 +292,116 @@ def test_implicit_scratch_past_its_keep_limit():
         for xi, wi, ref in ((x, w, y_ref), (xs, ws, ys_ref), (x, w, y_ref)):
             y = dk.conv2d_forward(xi, wi, None, padding=1)[0]
             np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
+
+
+# ---- winograd ---------------------------------------------------------------------------------
+
+def _winograd_numpy(x: np.ndarray, w: np.ndarray, pad: int) -> np.ndarray:
+    """F(2x2, 3x3) written out: y tile = At [sum_c (G g Gt) * (Bt d B)] A, per 2x2 output tile."""
+    Bt = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], float)
+    G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+    At = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], float)
+    N, C, H, W = x.shape
+    P, Q = H + 2 * pad - 2, W + 2 * pad - 2
+    TH, TW = (P + 1) // 2, (Q + 1) // 2
+    xp = np.zeros((N, C, 2 * TH + 2, 2 * TW + 2))  # padded, and zero past the last tile
+    xp[:, :, pad:pad + H, pad:pad + W] = x[:, :, :2 * TH + 2 - pad, :2 * TW + 2 - pad]
+    U = np.einsum("ir,kcrs,js->kcij", G, w, G)  # (K, C, 4, 4)
+    y = np.zeros((N, w.shape[0], 2 * TH, 2 * TW))
+    for th in range(TH):
+        for tw in range(TW):
+            d = xp[:, :, 2 * th:2 * th + 4, 2 * tw:2 * tw + 4]  # (N, C, 4, 4)
+            V = np.einsum("ir,ncrs,js->ncij", Bt, d, Bt)
+            M = np.einsum("kcij,ncij->nkij", U, V)
+            y[:, :, 2 * th:2 * th + 2, 2 * tw:2 * tw + 2] = np.einsum("ai,nkij,bj->nkab", At, M, At)
+    return y[:, :, :P, :Q]
+
+
+@pytest.mark.parametrize("shape,pad", [((2, 3, 7, 9), 1), ((1, 2, 6, 6), 0), ((1, 1, 5, 4), 2)])
+def test_winograd_transforms_are_the_convolution(shape, pad):
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal(shape)
+    w = rng.standard_normal((4, shape[1], 3, 3))
+    with dk.backend("reference"):
+        expected = dk.conv2d(x, w, padding=pad)
+    np.testing.assert_allclose(_winograd_numpy(x, w, pad), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_winograd_is_preferred_for_c3_and_logged(caplog):
+    x = np.zeros((16, 128, 28, 28), np.float32)  # C3
+    w = np.zeros((128, 128, 3, 3), np.float32)
+    caplog.set_level(logging.INFO, logger="dlkernels")
+    with dk.backend("cpp"):
+        _, saved = dk.conv2d_forward(x, w, None, padding=1)
+        dk.conv2d_backward(x, saved)
+    assert "conv2d forward -> cpp/winograd" in caplog.text
+    assert "conv2d backward -> cpp/winograd" in caplog.text
+
+
+@pytest.mark.parametrize("kw,w_shape", [
+    (dict(stride=2, padding=1), (4, 4, 3, 3)),
+    (dict(dilation=2, padding=2), (4, 4, 3, 3)),
+    (dict(groups=2, padding=1), (4, 2, 3, 3)),
+    (dict(padding=2), (4, 4, 5, 5)),
+])
+def test_winograd_forced_on_what_it_cannot_take_raises(kw, w_shape):
+    x, w = np.ones((1, 4, 9, 9)), np.ones(w_shape)
+    with pytest.raises(VariantRefused, match="cannot take this input"), dk.backend("cpp", "winograd"):
+        dk.conv2d(x, w, **kw)
+
+
+def test_winograd_refuses_conv1d():
+    """conv1d runs as conv2d with a 1x3 filter, which is not 3x3."""
+    with pytest.raises(VariantRefused), dk.backend("cpp", "winograd"):
+        dk.conv1d(np.ones((1, 4, 9)), np.ones((4, 4, 3)), padding=1)
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "scalar"])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N,C,K,H,W,pad", [
+    (3, 20, 24, 31, 29, 1),  # odd sizes: ragged last tile row and column, runs across tile rows
+    (2, 9, 70, 12, 100, 0),  # several output-channel chunks, wide rows (whole-vector runs)
+    (1, 130, 5, 7, 5, 2),  # many channels, blocks of tiles from several tile rows
+    (2, 16, 16, 4, 3, 3),  # padding past the kernel: dx's padding is negative
+])
+def test_winograd_paths_against_reference(isa, threads, dtype, N, C, K, H, W, pad):
+    if isa not in _cpp.supported_isas():
+        pytest.skip(f"this CPU has no {isa}")
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((N, C, H, W))
+    w = rng.standard_normal((K, C, 3, 3)) / np.sqrt(9 * C)
+    b = rng.standard_normal(K)
+    with dk.backend("reference"):
+        y_ref, saved = dk.conv2d_forward(x, w, b, padding=pad)
+        dy = rng.standard_normal(y_ref.shape)
+        grads_ref = dk.conv2d_backward(dy, saved)
+    before = dk.get_num_threads()
+    try:
+        dk.set_num_threads(threads)
+        with _cpp.use_isa(isa), dk.backend("cpp", "winograd"):
+            y, saved = dk.conv2d_forward(x.astype(dtype), w.astype(dtype), b.astype(dtype), padding=pad)
+            grads = dk.conv2d_backward(dy.astype(dtype), saved)
+    finally:
+        dk.set_num_threads(before)
+    tol = 1e-9 if dtype == np.float64 else 2e-5
+    np.testing.assert_allclose(y, y_ref, rtol=tol, atol=tol * np.abs(y_ref).max())
+    for a, e in zip(grads, grads_ref):
+        np.testing.assert_allclose(a, e, rtol=tol, atol=tol * np.abs(e).max())
+
+
+def test_winograd_is_bitwise_repeatable():
+    """Forward, dx, dw and db at a fixed thread count: the same bits run to run."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((8, 24, 18, 18), dtype=np.float32)
+    w = rng.standard_normal((32, 24, 3, 3), dtype=np.float32)
+    b = rng.standard_normal(32, dtype=np.float32)
+    dy = rng.standard_normal((8, 32, 18, 18), dtype=np.float32)
+    runs = []
+    with dk.backend("cpp", "winograd"):
+        for _ in range(4):
+            y, saved = dk.conv2d_forward(x, w, b, padding=1)
+            runs.append((y, *dk.conv2d_backward(dy, saved)))
+    for r in runs[1:]:
+        for a, e in zip(r, runs[0]):
+            np.testing.assert_array_equal(a, e)

@@ -25,6 +25,8 @@ Variants (the ladder, each tested and benchmarked):
                       filters packed once; dx as a forward convolution of dy (csrc/conv.cpp)
     cpp/depthwise     direct, vectorized along the output row: for groups == C, where GEMM
                       is the wrong shape (csrc/conv.cpp)
+    cpp/winograd      3x3, stride 1: Winograd F(2x2, 3x3), 16 GEMMs over channels on 4x4-transformed
+                      tiles, 2.25x fewer multiplies; dx and dw likewise (csrc/winograd.cpp)
     cpp/direct        groups == 1 with a shallow reduction C*R*S (few input channels, e.g. C1):
                       output-stationary along the output row, a block of output channels per
                       broadcast tap; dx gathered from padded dy, dw summed per thread (csrc/conv.cpp)
@@ -172,6 +174,14 @@ register("conv2d", "forward", "cpp", "depthwise", cpp.forward("depthwise"),
 register("conv2d", "backward", "cpp", "depthwise", cpp.backward("depthwise"),
          supports=lambda dy, x, w, p, needs: None if cpp.depthwise(w, p) else "needs groups == input channels",
          prefer=lambda dy, x, w, p, needs: cpp.depthwise(w, p))
+# winograd before direct: where both ask (3x3 with 16-17 input channels), winograd's lead measured larger.
+_NOT_3X3 = "needs a 3x3 filter, stride 1, dilation 1, groups 1"
+register("conv2d", "forward", "cpp", "winograd", cpp.forward("winograd"),
+         supports=lambda x, w, b, p: None if cpp.winograd_fits(w, p) else _NOT_3X3,
+         prefer=lambda x, w, b, p: cpp.winograd(x, w, p))
+register("conv2d", "backward", "cpp", "winograd", cpp.backward("winograd"),
+         supports=lambda dy, x, w, p, needs: None if cpp.winograd_fits(w, p) else _NOT_3X3,
+         prefer=lambda dy, x, w, p, needs: cpp.winograd(x, w, p))
 register("conv2d", "forward", "cpp", "direct", cpp.forward("direct"),
          supports=lambda x, w, b, p: cpp.needs_dense(p),
          prefer=lambda x, w, b, p: cpp.direct(x, w, p))
