@@ -539,6 +539,50 @@ def _axpy(acc, wv, src, off, L):  # pragma: no cover - compiled
         acc[j] += wv * seg[j]
 
 
+@numba.njit(cache=True, inline="always")
+def _axpy4(acc, w0, w1, w2, w3, src, o0, o1, o2, o3, L):  # pragma: no cover - compiled
+    """Four taps in one pass: acc[j] += w0*src[j + o0], then w1, w2, w3, in that order.
+
+    The same chain of multiply-adds as four _axpy calls (bitwise the same result), with one
+    load and store of acc instead of four (C1: forward 1.4 -> 1.0 ms, dx 1.7 -> 1.2 ms).
+    """
+    s0 = src[o0:o0 + L]
+    s1 = src[o1:o1 + L]
+    s2 = src[o2:o2 + L]
+    s3 = src[o3:o3 + L]
+    for j in range(L):
+        acc[j] = (((acc[j] + w0 * s0[j]) + w1 * s1[j]) + w2 * s2[j]) + w3 * s3[j]
+
+
+@numba.njit(cache=True, inline="always")
+def _tap(wk, t, flip, Wb, dh, dw):  # pragma: no cover - compiled
+    """Tap t = r*S + s of the R x S filter wk: its weight (flipped: wk[R-1-r, S-1-s]) and the
+    offset r*dh*Wb + s*dw of its input in a wide buffer."""
+    R, S = wk.shape
+    r = t // S
+    s = t % S
+    wv = wk[R - 1 - r, S - 1 - s] if flip else wk[r, s]
+    return wv, r * dh * Wb + s * dw
+
+
+@numba.njit(cache=True, inline="always")
+def _all_taps(acc, wk, flip, src, Wb, dh, dw, L):  # pragma: no cover - compiled
+    """acc[j] += sum over taps t, in order, of wk's weight for t * src[j + offset of t]."""
+    RS = wk.shape[0] * wk.shape[1]
+    t = 0
+    while t + 4 <= RS:
+        w0, o0 = _tap(wk, t, flip, Wb, dh, dw)
+        w1, o1 = _tap(wk, t + 1, flip, Wb, dh, dw)
+        w2, o2 = _tap(wk, t + 2, flip, Wb, dh, dw)
+        w3, o3 = _tap(wk, t + 3, flip, Wb, dh, dw)
+        _axpy4(acc, w0, w1, w2, w3, src, o0, o1, o2, o3, L)
+        t += 4
+    while t < RS:
+        wv, o = _tap(wk, t, flip, Wb, dh, dw)
+        _axpy(acc, wv, src, o, L)
+        t += 1
+
+
 # Threads: a contiguous chunk of the N*K output planes per thread (prange over the threads),
 # each with its own input and output buffers.
 @numba.njit(cache=True, parallel=True, fastmath={"contract"})
@@ -566,9 +610,7 @@ def _dw_forward(x, w, b, y, T, sh, sw, pt, pl, dh, dw):  # pragma: no cover - co
             out = y[n, k]
             if unit:
                 ob[:] = b[k]
-                for r in range(R):
-                    for s in range(S):
-                        _axpy(ob, w[k, 0, r, s], xb, r * dh * Wb + s * dw, L)
+                _all_taps(ob, w[k, 0], False, xb, Wb, dh, dw, L)
                 for p in range(P):
                     orow = out[p]
                     seg = ob[p * Wb:]
@@ -614,9 +656,7 @@ def _dw_grad_input(dy, w, dx, T, sh, sw, pt, pl, dh, dw):  # pragma: no cover - 
                 k = ci * Kg + kk
                 if unit:
                     _place(dy[n, k], gb, Hb, Wb, (R - 1) * dh - pt, (S - 1) * dw - pl)
-                    for r in range(R):
-                        for s in range(S):
-                            _axpy(ob, w[k, 0, R - 1 - r, S - 1 - s], gb, r * dh * Wb + s * dw, L)
+                    _all_taps(ob, w[k, 0], True, gb, Wb, dh, dw, L)
                 else:
                     dyk = dy[n, k]
                     for p in range(P):
@@ -636,6 +676,42 @@ def _dw_grad_input(dy, w, dx, T, sh, sw, pt, pl, dh, dw):  # pragma: no cover - 
                 seg = ob[(h + oh) * Wb + ow:]
                 for c in range(W):
                     xrow[c] = seg[c]
+
+
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+def _all_dots(dwk, g, src, Wb, dh, dw, L):  # pragma: no cover - compiled
+    """dwk[r, s] += g . src[offset of tap (r, s):][:L] for every tap, four taps per pass over
+    g so that each load of g feeds four dot products (C1's dW and db: 1.41 -> 1.14 ms)."""
+    R, S = dwk.shape
+    RS = R * S
+    t = 0
+    while t + 4 <= RS:
+        _, o0 = _tap(dwk, t, False, Wb, dh, dw)
+        _, o1 = _tap(dwk, t + 1, False, Wb, dh, dw)
+        _, o2 = _tap(dwk, t + 2, False, Wb, dh, dw)
+        _, o3 = _tap(dwk, t + 3, False, Wb, dh, dw)
+        s0 = src[o0:o0 + L]  # slices, as in _axpy
+        s1 = src[o1:o1 + L]
+        s2 = src[o2:o2 + L]
+        s3 = src[o3:o3 + L]
+        a0 = a1 = a2 = a3 = dwk.dtype.type(0)
+        for j in range(L):
+            gj = g[j]
+            a0 += gj * s0[j]
+            a1 += gj * s1[j]
+            a2 += gj * s2[j]
+            a3 += gj * s3[j]
+        for i, a in enumerate((a0, a1, a2, a3)):
+            dwk[(t + i) // S, (t + i) % S] += a
+        t += 4
+    while t < RS:
+        _, o = _tap(dwk, t, False, Wb, dh, dw)
+        seg = src[o:o + L]
+        a = dwk.dtype.type(0)
+        for j in range(L):
+            a += g[j] * seg[j]
+        dwk[t // S, t % S] += a
+        t += 1
 
 
 # Threads: a contiguous chunk of the K output channels per thread; channel k owns its R*S
@@ -671,13 +747,7 @@ def _dw_grad_weight(dy, x, dwt, db, T, sh, sw, pt, pl, dh, dw):  # pragma: no co
                         for j in range(L):
                             tot += gw[j]
                         db[k] += tot
-                    for r in range(R):
-                        for s in range(S):
-                            seg = xb[r * dh * Wb + s * dw:]  # a slice, as in _axpy
-                            tot = dwt.dtype.type(0)
-                            for j in range(L):
-                                tot += gw[j] * seg[j]
-                            dwt[k, 0, r, s] += tot
+                    _all_dots(dwt[k, 0], gw, xb, Wb, dh, dw, L)
                 # A thrown-away column multiplies a zero of gw by an input element, which
                 # gives NaN if that element is infinite: redo such a channel exactly.
                 for r in range(R):
