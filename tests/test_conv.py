@@ -141,6 +141,25 @@ def test_numba_im2col_paths_against_reference(dtype, Cg, kw):
             np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_numba_depthwise_grad_weight_with_an_infinite_input(dtype):
+    """An infinite input read only by the wide kernels' thrown-away columns (the last column,
+    for taps s > 0, no padding): the finite weight gradients stay finite, in the blocks of
+    four channels (C == 1, K 8) and the single channels (K 8 + 1) alike."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 1, 8, 9)).astype(dtype)
+    x[1, 0, 3, 8] = np.inf
+    w = rng.standard_normal((9, 1, 3, 3)).astype(dtype)
+    g = rng.standard_normal((2, 9, 6, 7)).astype(dtype)
+    with dk.backend("numba", "depthwise"):
+        got = dk.conv2d_backward(g, dk.conv2d_forward(x, w)[1])[1]
+    with dk.backend("reference"):
+        x64, w64, g64 = x.astype(np.float64), w.astype(np.float64), g.astype(np.float64)
+        want = dk.conv2d_backward(g64, dk.conv2d_forward(x64, w64)[1])[1]
+    assert np.isfinite(want[:, :, :, 0]).all() and not np.isfinite(want).all()
+    np.testing.assert_allclose(got, want, rtol=1e-4)
+
+
 def test_reference_is_the_definition():
     """The reference against the literal seven loops, on a tiny case."""
     rng = np.random.default_rng(3)
