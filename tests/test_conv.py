@@ -117,11 +117,13 @@ def test_grad_weight_is_bitwise_repeatable_on_a_big_batch():
     (16, {"padding": 1}),  # dx as the forward of dy with flipped filters
     (17, {"padding": (2, 0), "dilation": (1, 2), "groups": 2}),  # flipped, asymmetric reach
     (16, {"padding": 3}),  # padding wider than the kernel's reach: col2im
+    (9, {"stride": (2, 3), "padding": 1}),  # channels-last unfold with strides; col2im
     (3, {"padding": 1}),  # few input channels: col2im
 ])
 def test_numba_im2col_paths_against_reference(dtype, Cg, kw):
     """numba/im2col's dx paths and its banded forward (P*Q*Cg*R*S spans several bands of
-    _BAND_ELEMS), against the float64 reference; bitwise repeatable."""
+    _BAND_ELEMS; channels last from 8 channels), against the float64 reference; bitwise
+    repeatable."""
     rng = np.random.default_rng(5)
     G = kw.get("groups", 1)
     x = rng.standard_normal((3, G * Cg, 19, 23)).astype(dtype)
