@@ -389,9 +389,8 @@ def _add4(crow, j, s0, s1, s2, s3):  # pragma: no cover - compiled
 # Threads: one contiguous chunk of samples per thread (prange over the threads), each with its
 # own padded input (channels last where hwc) and patch-row buffer; per sample and group, pad,
 # then per band of output rows unfold the band and add W_g @ bandᵀ into y_g. A band (at most
-# _BAND_ELEMS elements)
-# stays in L2 between its unfold and its product: unfolding the whole sample first wrote
-# 7 MB per sample on C2 and read it back from memory (forward 70 -> 54 ms).
+# _BAND_ELEMS elements) stays in L2 between its unfold and its product: unfolding the whole
+# sample first wrote 7 MB per sample on C2 and read it back from memory (forward 70 -> 54 ms).
 @numba.njit(cache=True, parallel=True)
 def _im2col_forward(x, w3, b, y3, T, R, S, P, Q, sh, sw, pt, pl, dh, dw, hwc):  # pragma: no cover - compiled
     N, C = x.shape[0], x.shape[1]
