@@ -949,20 +949,27 @@ def _dw_grad_weight(dy, x, dwt, db, T, sh, sw, pt, pl, dh, dw):  # pragma: no co
     for t in prange(T):
         xb = np.zeros(Hb * Wb + (S - 1) * dw, x.dtype)
         gw = np.zeros((4, L), x.dtype)  # dy of up to 4 channels, wide: zero in the thrown-away columns
+        k_lo = t * K // T
         k_hi = (t + 1) * K // T
-        k0 = t * K // T
-        while k0 < k_hi:
-            ci = k0 // Kg
-            # four channels of one input plane at a time where they exist (C1: all 32 read
-            # the one input), so that each input load feeds four dot products
-            nb = 4 if k0 + 4 <= k_hi and (k0 + 3) // Kg == ci else 1
-            for k in range(k0, k0 + nb):
-                for r in range(R):
-                    for s in range(S):
-                        dwt[k, 0, r, s] = 0
-            if unit:
-                for n in range(N):
-                    _place(x[n, ci], xb, Hb, Wb, pt, pl)
+        for k in range(k_lo, k_hi):
+            for r in range(R):
+                for s in range(S):
+                    dwt[k, 0, r, s] = 0
+        if unit:
+            # samples outermost, so that the thread reads its channels of x and dy in memory
+            # order (channel-major, each plane is a new page 800 KB on: C4's dW and db 4.8 -> 2.8 ms);
+            # each channel still sums its samples in order
+            for n in range(N):
+                placed = -1
+                k0 = k_lo
+                while k0 < k_hi:
+                    ci = k0 // Kg
+                    # four channels of one input plane at a time where they exist (C1: all
+                    # 32 read the one input), so that each input load feeds four dot products
+                    nb = 4 if k0 + 4 <= k_hi and (k0 + 3) // Kg == ci else 1
+                    if ci != placed:
+                        _place(x[n, ci], xb, Hb, Wb, pt, pl)
+                        placed = ci
                     for i in range(nb):
                         _place(dy[n, k0 + i], gw[i], P, Wb, 0, 0)
                         if db.size:
@@ -975,37 +982,38 @@ def _dw_grad_weight(dy, x, dwt, db, T, sh, sw, pt, pl, dh, dw):  # pragma: no co
                         _all_dots4(dwt[k0:k0 + 4, 0], gw, xb, Wb, dh, dw, L)
                     else:
                         _all_dots(dwt[k0, 0], gw[0], xb, Wb, dh, dw, L)
-            for k in range(k0, k0 + nb):
-                # A thrown-away column multiplies a zero of gw by an input element, which
-                # gives NaN if that element is infinite: redo such a channel exactly.
-                exact = not unit
+                    k0 += nb
+        for k in range(k_lo, k_hi):
+            ci = k // Kg
+            # A thrown-away column multiplies a zero of gw by an input element, which
+            # gives NaN if that element is infinite: redo such a channel exactly.
+            exact = not unit
+            for r in range(R):
+                for s in range(S):
+                    if not np.isfinite(dwt[k, 0, r, s]):
+                        exact = True
+            if exact:  # row loops over the kept outputs only
                 for r in range(R):
                     for s in range(S):
-                        if not np.isfinite(dwt[k, 0, r, s]):
-                            exact = True
-                if exact:  # row loops over the kept outputs only
+                        dwt[k, 0, r, s] = 0
+                for n in range(N):
+                    _place(x[n, ci], xb, Hb, Wb, pt, pl)
+                    dyk = dy[n, k]
+                    if db.size and not unit:  # unit: summed in the wide pass
+                        tot = db.dtype.type(0)
+                        for p in range(P):
+                            for q in range(Q):
+                                tot += dyk[p, q]
+                        db[k] += tot
                     for r in range(R):
                         for s in range(S):
-                            dwt[k, 0, r, s] = 0
-                    for n in range(N):
-                        _place(x[n, ci], xb, Hb, Wb, pt, pl)
-                        dyk = dy[n, k]
-                        if db.size and not unit:
-                            tot = db.dtype.type(0)
+                            tot = dwt.dtype.type(0)
                             for p in range(P):
+                                grow = dyk[p]
+                                seg = xb[(p * sh + r * dh) * Wb + s * dw:]
                                 for q in range(Q):
-                                    tot += dyk[p, q]
-                            db[k] += tot
-                        for r in range(R):
-                            for s in range(S):
-                                tot = dwt.dtype.type(0)
-                                for p in range(P):
-                                    grow = dyk[p]
-                                    seg = xb[(p * sh + r * dh) * Wb + s * dw:]
-                                    for q in range(Q):
-                                        tot += grow[q] * seg[q * sw]
-                                dwt[k, 0, r, s] += tot
-            k0 += nb
+                                    tot += grow[q] * seg[q * sw]
+                            dwt[k, 0, r, s] += tot
 
 
 def one_channel(w: np.ndarray, p: ConvParams) -> str | None:
