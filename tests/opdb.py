@@ -80,6 +80,8 @@ def _conv_samples(nd: int) -> Callable[[np.random.Generator], list[Sample]]:
             case(2, 4, 8, 9, 3, "depthwise, multiplier 2, stride 2", padding=1, groups=4, stride=2),
             case(2, 3, 3, (5, 41) if two else 83, 3, "depthwise, dilated, rows of several vectors", padding=2,
                  dilation=2, groups=3),
+            case(2, 1, 9, 11, 5, "one input channel, 9 outputs (blocks of four channels)", padding=2),
+            case(2, 2, 10, 7, 3, "depthwise, multiplier 5", padding=1, groups=2),
             case(0, 3, 4, 6, 3, "zero-size batch", padding=1),
             case(2, 17, 19, 97 if not two else 23, 5 if two else 7, "odd channels, wide", padding=2),
             case(1, 3, 2, 8, 2, "stride 2 even kernel", stride=2, padding=1),

@@ -160,6 +160,56 @@ def test_grad_weight_is_bitwise_repeatable_on_a_big_batch(variant, N, C, K, size
         np.testing.assert_array_equal(r[1], runs[0][1])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("Cg, kw", [
+    (16, {"padding": 1}),  # dx as the forward of dy with flipped filters
+    (17, {"padding": (2, 0), "dilation": (1, 2), "groups": 2}),  # flipped, asymmetric reach
+    (16, {"padding": 3}),  # padding wider than the kernel's reach: col2im
+    (9, {"stride": (2, 3), "padding": 1}),  # channels-last unfold with strides; col2im
+    (3, {"padding": 1}),  # few input channels: col2im
+])
+def test_numba_im2col_paths_against_reference(dtype, Cg, kw):
+    """numba/im2col's dx paths and its banded forward (P*Q*Cg*R*S spans several bands of
+    _BAND_ELEMS; channels last from 8 channels), against the float64 reference; bitwise
+    repeatable."""
+    rng = np.random.default_rng(5)
+    G = kw.get("groups", 1)
+    x = rng.standard_normal((3, G * Cg, 19, 23)).astype(dtype)
+    w = (rng.standard_normal((6, Cg, 3, 3)) / np.sqrt(9 * Cg)).astype(dtype)
+    with dk.backend("numba", "im2col"):
+        y, saved = dk.conv2d_forward(x, w, **kw)
+        g = rng.standard_normal(y.shape).astype(dtype)
+        runs = [(dk.conv2d_forward(x, w, **kw)[0], *dk.conv2d_backward(g, saved)[:2]) for _ in range(3)]
+    with dk.backend("reference"):
+        ref_y, ref_saved = dk.conv2d_forward(x.astype(np.float64), w.astype(np.float64), **kw)
+        ref_dx, ref_dw, _ = dk.conv2d_backward(g.astype(np.float64), ref_saved)
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    for got, want in zip(runs[0], (ref_y, ref_dx, ref_dw)):
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
+    for run in runs[1:]:
+        for a, b in zip(run, runs[0]):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_numba_depthwise_grad_weight_with_an_infinite_input(dtype):
+    """An infinite input read only by the wide kernels' thrown-away columns (the last column,
+    for taps s > 0, no padding): the finite weight gradients stay finite, in the blocks of
+    four channels (C == 1, K 8) and the single channels (K 8 + 1) alike."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 1, 8, 9)).astype(dtype)
+    x[1, 0, 3, 8] = np.inf
+    w = rng.standard_normal((9, 1, 3, 3)).astype(dtype)
+    g = rng.standard_normal((2, 9, 6, 7)).astype(dtype)
+    with dk.backend("numba", "depthwise"):
+        got = dk.conv2d_backward(g, dk.conv2d_forward(x, w)[1])[1]
+    with dk.backend("reference"):
+        x64, w64, g64 = x.astype(np.float64), w.astype(np.float64), g.astype(np.float64)
+        want = dk.conv2d_backward(g64, dk.conv2d_forward(x64, w64)[1])[1]
+    assert np.isfinite(want[:, :, :, 0]).all() and not np.isfinite(want).all()
+    np.testing.assert_allclose(got, want, rtol=1e-4)
+
+
 def test_reference_is_the_definition():
     """The reference against the literal seven loops, on a tiny case."""
     rng = np.random.default_rng(3)
