@@ -63,8 +63,8 @@ def test_depthwise_is_chosen_and_logged(caplog):
 
 
 def test_direct_is_chosen_for_c1_and_logged(caplog):
-    """The benchmark's C1 (one input channel, 5x5) runs cpp/direct both ways; a stride-2 backward
-    (dx from a dilated dy) and a deep reduction stay on implicit GEMM."""
+    """The benchmark's C1 (one input channel, 5x5) and C5 (conv1d, C*S = 448) run cpp/direct both
+    ways; a stride-2 backward (dx from a dilated dy) and a deep reduction stay on implicit GEMM."""
     x = np.ones((4, 1, 32, 32), np.float32)
     w = np.ones((32, 1, 5, 5), np.float32)
     caplog.set_level(logging.INFO, logger="dlkernels")
@@ -80,6 +80,15 @@ def test_direct_is_chosen_for_c1_and_logged(caplog):
         assert "conv2d backward -> cpp/implicit (default)" in caplog.text
         caplog.clear()
         dk.conv2d(np.ones((2, 32, 8, 8), np.float32), np.ones((4, 32, 3, 3), np.float32))
+        assert "conv2d forward -> cpp/implicit (default)" in caplog.text
+        # one output row (conv1d) keeps direct to a deeper reduction: C5's C*S = 448, not 768
+        caplog.clear()
+        y, saved = dk.conv1d_forward(np.ones((2, 64, 32), np.float32), np.ones((4, 64, 7), np.float32), padding=3)
+        dk.conv1d_backward(y, saved)
+        assert "conv2d forward -> cpp/direct (shallow reduction C*R*S = 448 <= 512" in caplog.text
+        assert "conv2d backward -> cpp/direct" in caplog.text
+        caplog.clear()
+        dk.conv1d(np.ones((2, 256, 32), np.float32), np.ones((4, 256, 3), np.float32))
         assert "conv2d forward -> cpp/implicit (default)" in caplog.text
 
 

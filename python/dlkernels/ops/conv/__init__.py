@@ -27,7 +27,8 @@ Variants (the ladder, each tested and benchmarked):
                       is the wrong shape (csrc/conv.cpp)
     cpp/winograd      3x3, stride 1: Winograd F(2x2, 3x3), 16 GEMMs over channels on 4x4-transformed
                       tiles, 2.25x fewer multiplies; dx and dw likewise (csrc/winograd.cpp)
-    cpp/direct        groups == 1 with a shallow reduction C*R*S (few input channels, e.g. C1):
+    cpp/direct        groups == 1 with a shallow reduction C*R*S (few input channels, e.g. C1; conv1d
+                      to C*S = 512, e.g. C5):
                       output-stationary along the output row, a block of output channels per
                       broadcast tap; dx gathered from padded dy, dw summed per thread (csrc/conv.cpp)
 """

@@ -50,19 +50,24 @@ def needs_dense(p: ConvParams) -> str | None:
 # work: at stride 2 it lost (1.3-1.5x slower than implicit), so the backward asks for stride 1.
 # Dilation and padding it takes, correctly, but was not timed with: it asks for dilation 1.
 DIRECT_MAX_CRS = 160
+# One output row (conv1d): direct stays ahead further, fwd; bwd vs implicit: C*S = 144 1.11x;
+# 1.11x, 160 1.14x; 1.03x, 192 1.03x; 1.05x, 448 (C5) 1.04x; 1.03x, and behind past 512:
+# 768 0.93x; 0.72x, 896 1.02x; 0.92x.
+DIRECT_MAX_CRS_1ROW = 512
 
 
 def direct(x: np.ndarray, w: np.ndarray, p: ConvParams, backward: bool = False) -> str | None:
-    """Why the direct kernel beats implicit GEMM on this input, or None (see DIRECT_MAX_CRS)."""
+    """Why the direct kernel beats implicit GEMM on this input, or None (see DIRECT_MAX_CRS*)."""
     K, C, R, S = w.shape
-    if p.groups != 1 or C * R * S > DIRECT_MAX_CRS or p.dilation != (1, 1):
+    limit = DIRECT_MAX_CRS_1ROW if R == 1 and p.out_size[0] == 1 else DIRECT_MAX_CRS
+    if p.groups != 1 or C * R * S > limit or p.dilation != (1, 1):
         return None
     if backward and p.stride != (1, 1):
         return None
     # The backward splits the samples over the threads: fewer samples than threads idle some.
     if backward and x.shape[0] < _threads.get_num_threads():
         return None
-    return f"shallow reduction C*R*S = {C * R * S} <= {DIRECT_MAX_CRS} (direct)"
+    return f"shallow reduction C*R*S = {C * R * S} <= {limit} (direct)"
 
 
 def winograd_fits(w: np.ndarray, p: ConvParams) -> str | None:
