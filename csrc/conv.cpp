@@ -708,18 +708,10 @@ struct DwBufs {
   std::vector<T> panel;
 };
 
-// The implicit path's buffers, kept by each thread from call to call: freshly allocated,
-// buffers this large come from mmap and page-fault on every call (C2's padded sample is 861 KB).
-// A set left holding more than SCRATCH_KEEP bytes is freed, so that a huge one-off convolution
-// does not pin its memory for the life of the thread. Two sets per thread: the calling thread's
-// for the whole call (the team reads its packed filters), trimmed when the call ends, and the
-// worker's for its share (the calling thread is a worker too), trimmed when the share is done.
-constexpr size_t SCRATCH_KEEP = 16u << 20;
-
-template <typename V>
-size_t held(const V& v) {
-  return v.capacity() * sizeof(typename V::value_type);
-}
+// The implicit path's buffers, kept by each thread from call to call (C2's padded sample is
+// 861 KB) and freed past SCRATCH_KEEP (dlk.h). Two sets per thread: the calling thread's for the
+// whole call (the team reads its packed filters), trimmed when the call ends, and the worker's
+// for its share (the calling thread is a worker too), trimmed when the share is done.
 
 template <typename T>
 struct CallScratch {

@@ -128,4 +128,14 @@ inline bool in_parallel() {
 #endif
 }
 
+// Scratch kept by a thread from call to call (freshly allocated, large buffers come from mmap and
+// page-fault on every call) is freed once it holds more than SCRATCH_KEEP bytes, so that a huge
+// one-off call does not pin its memory for the life of the thread.
+constexpr size_t SCRATCH_KEEP = 16u << 20;
+
+template <typename V>
+size_t held(const V& v) {
+  return v.capacity() * sizeof(typename V::value_type);
+}
+
 }  // namespace dlk

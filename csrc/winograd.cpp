@@ -400,8 +400,11 @@ void wino_block(const WinoPlan<T>& pl, const T* x, const T* b, T* y, int64_t blk
 }
 
 template <typename T>
-struct WinoCallScratch {
+struct WinoCallScratch {  // 16 K C each (dw's partials per thread): freed past SCRATCH_KEEP
   std::vector<T> u, packed, wf, partials;
+  void trim() {
+    if (held(u) + held(packed) + held(wf) + held(partials) > SCRATCH_KEEP) *this = WinoCallScratch();
+  }
 };
 
 template <typename T>
@@ -556,21 +559,9 @@ void wino_dw(const ConvShape& s, const T* dy, const T* x, T* dw, T* db) {
   }
 }
 
-}  // namespace
-
+// dx: the forward winograd on dy with the filters flipped and transposed, padding 2 - pad.
 template <typename T>
-void conv2d_forward_winograd(const ConvShape& s, const T* x, const T* w, const T* b, T* y) {
-  if (!winograd_applies(s)) return conv2d_forward_implicit(s, x, w, b, y);
-  wino_forward(s, x, w, b, y);
-}
-
-// dx by the forward winograd on dy with flipped, transposed filters; dw and db by wino_dw.
-template <typename T>
-void conv2d_backward_winograd(const ConvShape& s, const T* dy, const T* x, const T* w, T* dx, T* dw,
-                              T* db) {
-  if (!winograd_applies(s) || s.K <= 0) return conv2d_backward_implicit(s, dy, x, w, dx, dw, db);
-  if (dw || db) wino_dw(s, dy, x, dw, db);
-  if (!dx || s.N <= 0) return;
+void wino_dx(const ConvShape& s, const T* dy, const T* w, T* dx) {
   std::vector<T>& wfv = wino_call_scratch<T>().wf;
   T* wf = wgrow(wfv, s.K * s.C * 9);
   for (int64_t k = 0; k < s.K; ++k)
@@ -580,6 +571,25 @@ void conv2d_backward_winograd(const ConvShape& s, const T* dy, const T* x, const
   t.C = s.K, t.H = s.P, t.W = s.Q, t.K = s.C, t.P = s.H, t.Q = s.W;
   t.pad_h = 2 - s.pad_h, t.pad_w = 2 - s.pad_w;
   wino_forward(t, dy, wf, (const T*)nullptr, dx);
+}
+
+}  // namespace
+
+template <typename T>
+void conv2d_forward_winograd(const ConvShape& s, const T* x, const T* w, const T* b, T* y) {
+  if (!winograd_applies(s)) return conv2d_forward_implicit(s, x, w, b, y);
+  wino_forward(s, x, w, b, y);
+  wino_call_scratch<T>().trim();
+}
+
+// dx by wino_dx, dw and db by wino_dw.
+template <typename T>
+void conv2d_backward_winograd(const ConvShape& s, const T* dy, const T* x, const T* w, T* dx, T* dw,
+                              T* db) {
+  if (!winograd_applies(s) || s.K <= 0) return conv2d_backward_implicit(s, dy, x, w, dx, dw, db);
+  if (dw || db) wino_dw(s, dy, x, dw, db);
+  if (dx && s.N > 0) wino_dx(s, dy, w, dx);
+  wino_call_scratch<T>().trim();
 }
 
 template void conv2d_forward_winograd<float>(const ConvShape&, const float*, const float*,

@@ -353,6 +353,27 @@ def test_implicit_scratch_past_its_keep_limit():
             np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
 
 
+
+def test_winograd_scratch_past_its_keep_limit():
+    """winograd's per-call buffers grow with K*C (16 K C for the filters, again per thread for dw):
+    at C = K = 320 they pass the 16 MiB keep limit and are freed when the call ends. The same big
+    call, a small one and the big one again, forward and backward, all match the reference."""
+    rng = np.random.default_rng(7)
+    big = [rng.standard_normal((1, 320, 6, 6)), rng.standard_normal((320, 320, 3, 3)) / 54]
+    small = [big[0][:, :16], big[1][:16, :16]]
+    cases = []
+    for x, w in (big, small):
+        dy = np.ones((1, w.shape[0], 6, 6))
+        with dk.backend("reference"):
+            y, saved = dk.conv2d_forward(x, w, None, padding=1)
+            cases.append((x, w, dy, [y, *dk.conv2d_backward(dy, saved)[:2]]))
+    with dk.backend("cpp", "winograd"):
+        for x, w, dy, refs in (cases[0], cases[1], cases[0]):
+            y, saved = dk.conv2d_forward(x.astype(np.float32), w.astype(np.float32), None, padding=1)
+            dx, dw, _ = dk.conv2d_backward(dy.astype(np.float32), saved)
+            for a, e in zip((y, dx, dw), refs):
+                np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-4 * np.abs(e).max())
+
 # ---- winograd ---------------------------------------------------------------------------------
 
 def _winograd_numpy(x: np.ndarray, w: np.ndarray, pad: int) -> np.ndarray:
