@@ -33,7 +33,12 @@ def test_bench_validates_times_and_writes_json_and_png(tmp_path):
     rows = {(r["case"], r["variant"]): r for r in results["rows"]}
     assert ("C4", "depthwise") in rows and ("C3", "im2col") in rows
     for r in results["rows"]:
-        assert r["max_error"] < 1e-3 and r["forward"]["ms"] > 0 and r["forward"]["speedup_vs_torch"] > 0
+        fwd = r["forward"]
+        assert r["max_error"] < 1e-3 and fwd["ms"] > 0 and fwd["speedup_vs_torch"] > 0
+        for spread in (fwd["spread"], fwd["torch_spread"]):
+            assert spread["min_ms"] <= spread["max_ms"] and spread["involuntary_switches_per_call"] >= 0
+            assert len(spread["round_ms"]) == results["rounds"]
+        assert fwd["spread"]["min_ms"] <= fwd["ms"] <= fwd["spread"]["max_ms"]
     assert p.read_bytes()[:4] == b"\x89PNG"
 
 
@@ -53,3 +58,70 @@ def test_bench_samples_fill_min_seconds_for_short_calls(monkeypatch):
     assert len(runner.samples(lambda: time.sleep(0.03), runs=5, min_seconds=0.1)) == 5
     # the budget still bounds a slow call, to no fewer than 2 runs
     assert len(runner.samples(lambda: time.sleep(0.03), runs=5, budget=0.01)) == 2
+
+
+def test_bench_samples_count_what_the_host_did(monkeypatch):
+    import numpy as np
+
+    from dlkernels.benchmarks import runner
+    monkeypatch.setattr(runner, "SETTLE_SECONDS", 0.0)
+    host: dict = {}
+    # 64 MiB of fresh pages per call (past malloc's largest mmap threshold): 32 faults or more
+    # each (32 when NumPy gets 2 MiB pages, 16384 with 4 KiB ones)
+    runs = runner.samples(lambda: np.ones(16 << 20, np.float32), runs=3, host=host)
+    assert host["minor_faults"] >= 32 * len(runs)
+    idle: dict = {}
+    runner.samples(lambda: None, runs=3, host=idle)
+    assert idle["minor_faults"] < 100 and idle.keys() == host.keys()
+    # a call that sleeps keeps no thread busy, unless another thread spins meanwhile
+    import threading
+    quiet: dict = {}
+    runner.samples(lambda: time.sleep(0.01), runs=20, host=quiet)
+    stop = threading.Event()
+    spinner = threading.Thread(target=lambda: [None for _ in iter(stop.is_set, True)])
+    spinner.start()
+    try:
+        busy: dict = {}
+        runner.samples(lambda: time.sleep(0.01), runs=20, host=busy)
+    finally:
+        stop.set()
+        spinner.join()
+    assert quiet["busy_threads"] == 0 and busy["busy_threads"] == 1
+
+
+def test_bench_rounds_outvote_a_slow_spell(monkeypatch):
+    """A spell of a slow machine that covers one whole round of a kernel, and another of its
+    peer, moves neither figure: each is the median of three rounds."""
+    import numpy as np
+
+    from dlkernels.benchmarks import Case, runner
+    monkeypatch.setattr(runner, "SETTLE_SECONDS", 0.0)
+    monkeypatch.setattr(runner, "measure_peak", lambda: {"gflops": 1.0, "copy_gbs": 1.0})
+    from dlkernels import _registry
+    spell = {"on": False}
+    calls: dict = {}
+
+    def call(state=None):  # 2 ms, or 20 ms during the spell
+        choice = _registry._choice.get()  # the backend and variant it is timed as
+        calls[choice] = calls.get(choice, 0) + 1
+        time.sleep(0.02 if spell["on"] else 0.002)
+        return np.zeros(3)
+
+    case = Case("X1", "matmul", "sleep", setup=dict, forward=call, backward=None,
+                peers={"sleeper": lambda state: (call, None)}, backends=("cpp",))
+    monkeypatch.setattr(runner, "all_cases", lambda: [("x", case)])
+
+    def log(line):  # the spell: round 2 of our kernels, and so round 3 of the peer (timed before them)
+        if "round 2/3" in line:
+            spell["on"] = True
+        if "round 3/3" in line:
+            spell["on"] = False
+
+    results = runner.run(log=log, backends=["cpp"], fresh_memory=True)  # leave this process's malloc as it is
+    assert results["rows"]
+    for row in results["rows"]:
+        fwd = row["forward"]
+        assert fwd["ms"] < 10 and fwd["sleeper_ms"] < 10 and 0.5 < fwd["speedup_vs_sleeper"] < 2
+        assert max(fwd["spread"]["round_ms"]) > 15 and max(fwd["sleeper_spread"]["round_ms"]) > 15
+        # every round ran under the row's own backend and variant: validation makes 2 calls
+        assert calls[row["backend"], row["variant"]] >= 2 + fwd["runs"]

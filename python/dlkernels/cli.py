@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="backends, CPU features and ISA, threads, GPU")
     b = sub.add_parser("bench", help="validate, then time every op x backend x variant on the canonical shapes")
-    b.add_argument("--op", help="only this op (conv, matmul, lstm, attention, graph, or a registry op name)")
+    b.add_argument("--op", help="only this op (conv, matmul, lstm, attention, graph, a registry op name) "
+                                "or case (C1, L4, ...)")
     b.add_argument("--backend", action="append", help="only this backend (repeatable)")
     b.add_argument("--quick", action="store_true", help="a subset of the cases (under a minute)")
     b.add_argument("--json", metavar="FILE", help="write the results, machine and commit as JSON")

@@ -4,7 +4,7 @@ in bench/ read them from there.
 
 A case builds its float32 inputs once (setup), then the runner, for every backend and
 variant of the op: validates the forward against the reference backend, times forward and
-forward+backward (median of several runs after warm-up), and times each peer on the same
+forward+backward (the median of three interleaved rounds of runs), and times each peer on the same
 inputs in the same process and threads, for the speedup.
 """
 

@@ -39,22 +39,79 @@ SETTLE_SECONDS = 0.15
 MIN_SECONDS = 0.1
 MAX_RUNS = 200
 
+# One timing: at least RUNS runs, fewer when they would take over BUDGET seconds; split over
+# ROUNDS interleaved rounds (see run()).
+RUNS, BUDGET, ROUNDS = 5, 1.0, 3
 
-def samples(fn: Callable[[], Any], runs: int = 5, budget: float = 1.0, warm: bool = False,
-            min_seconds: float = MIN_SECONDS) -> list[float]:
+
+def host_counters() -> dict[str, float]:
+    """What the host did, cumulatively, as far as this process can see it: the CPU time the
+    hypervisor stole from this VM and the time the other processes ran (both in ms, all CPUs
+    together, from /proc/stat in 10 ms ticks; absent off Linux), and this process's page faults
+    and context switches. Their difference over a timing says why a timing was slow."""
+    import resource
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    out = {"minor_faults": float(ru.ru_minflt), "major_faults": float(ru.ru_majflt),
+           "involuntary_switches": float(ru.ru_nivcsw)}
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(t) for t in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return out
+    ms = 1e3 / os.sysconf("SC_CLK_TCK")
+    ours = os.times()
+    busy = sum(ticks) - ticks[3] - ticks[4] - ticks[7]  # all but idle, iowait, steal
+    out["steal_ms"] = ticks[7] * ms
+    out["others_ms"] = busy * ms - (ours.user + ours.system) * 1e3
+    return out
+
+
+def thread_cpu_seconds() -> dict[str, float]:
+    """CPU seconds so far of each thread of this process (Linux; {} elsewhere)."""
+    out: dict[str, float] = {}
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return out
+    tick = os.sysconf("SC_CLK_TCK")
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        out[tid] = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+    return out
+
+
+def samples(fn: Callable[[], Any], runs: int = RUNS, budget: float = BUDGET, warm: bool = False,
+            min_seconds: float = MIN_SECONDS, min_runs: int = 2,
+            host: dict[str, float] | None = None) -> list[float]:
     """Seconds per call of fn, after the other pools settle and one warm-up call (none when fn is
     already warm: its first call counts): at least `runs` runs, more while they fill less than
-    min_seconds, fewer when one call is slow (budget)."""
+    min_seconds, fewer (down to min_runs) when one call is slow (budget). `host`, when given,
+    gets the change of host_counters() over the timed calls added to it, and in busy_threads
+    the most threads of this process that each kept a core a quarter busy or more during one
+    timing: more than the kernel's own threads means another pool (numba's, torch's, a BLAS)
+    was running against it."""
     time.sleep(SETTLE_SECONDS)
     t0 = time.perf_counter()
     fn()
     first = max(time.perf_counter() - t0, 1e-9)
-    n = max(2, min(max(runs, int(min_seconds / first)), int(budget / first), MAX_RUNS))
+    n = max(min_runs, min(max(runs, int(min_seconds / first)), int(budget / first), MAX_RUNS))
     times = [first] if warm else []
+    before, threads = (host_counters(), thread_cpu_seconds()) if host is not None else ({}, {})
+    start = time.perf_counter()
     while len(times) < n:
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
+    if host is not None:
+        wall = time.perf_counter() - start
+        for k, v in host_counters().items():
+            host[k] = host.get(k, 0.0) + v - before[k]
+        busy = sum(t - threads.get(tid, 0.0) >= wall / 4 for tid, t in thread_cpu_seconds().items())
+        host["busy_threads"] = max(host.get("busy_threads", 0), busy)
     return times
 
 
@@ -165,7 +222,7 @@ def run(op: str | None = None, backends: list[str] | None = None, quick: bool = 
     """Run the benchmark and return its results (what --json writes)."""
     import dlkernels as dk
 
-    cases = [(m, c) for m, c in all_cases() if (op is None or op in (m, c.op)) and (c.quick or not quick)]
+    cases = [(m, c) for m, c in all_cases() if (op is None or op in (m, c.op, c.id)) and (c.quick or not quick)]
     if not cases:
         raise ValueError(f"op: no benchmark case matches {op!r}")
     try:
@@ -185,22 +242,19 @@ def run(op: str | None = None, backends: list[str] | None = None, quick: bool = 
     for _, case in cases:
         state = case.setup()
         peers = {name: make(state) for name, make in case.peers.items()}
-        # The peers are timed before and after this case's kernels and the median taken over
-        # both halves, so that a machine getting busier or quieter meanwhile biases no ratio.
-        peer_samples: dict[str, dict[str, list[float]]] = {name: {} for name in peers}
-        _time_peers(peers, peer_samples)
         if case.oracle == "reference":
             with dk.backend("reference"):
                 oracle = case.forward(state)
         else:
             oracle = peers[case.oracle][0]()
-        timed: list[tuple[Row, str, float, int]] = []  # (row, direction, seconds, runs)
         case_rows: list[Row] = []
+        todo: list[tuple[Row, str, Callable[[Any], Any]]] = []  # (row, direction, fn) to time
         for c, b, v in targets:
             if c is not case:
                 continue
             done += 1
             row: Row = {"case": case.id, "op": case.op, "shape": case.shape, "backend": b, "variant": v}
+            log(f"[{done}/{len(targets)}] {case.id} {b}/{v}: validate")
             try:
                 with dk.backend(b, v):
                     err = _error(case.forward(state), oracle)
@@ -210,28 +264,56 @@ def run(op: str | None = None, backends: list[str] | None = None, quick: bool = 
                     for direction, fn in (("forward", case.forward), ("forward+backward", case.backward)):
                         if fn is None or "status" in row:
                             continue
-                        log(f"[{done}/{len(targets)}] {case.id} {b}/{v} {direction}")
-                        time.sleep(SETTLE_SECONDS)
-                        # the warm-up decides whether the variant is too slow to time; a slow first
+                        # this call decides whether the variant is too slow to time; a slow first
                         # call gets a second chance, as it may have compiled (numba after an install)
                         if _call_seconds(fn, state) > max_seconds and _call_seconds(fn, state) > max_seconds:
                             row[direction] = {"skipped": f"one call took over {max_seconds:g} s"}
                             continue
-                        t, n = timeit(lambda fn=fn, state=state: fn(state))
-                        timed.append((row, direction, t, n))
+                        todo.append((row, direction, fn))
             except VariantRefused:  # a specialised variant that does not fit this shape
                 continue
             case_rows.append(row)
-        _time_peers(peers, peer_samples)
-        peer_times = {name: {d: statistics.median(ts) for d, ts in by_dir.items()}
-                      for name, by_dir in peer_samples.items()}
-        for row, direction, t, n in timed:
-            row[direction] = _figures(case, state, direction, t, n, peak, peer_times)
+        # The peers and the variants are timed in ROUNDS interleaved rounds, and each figure is
+        # the median of its rounds' medians: a slow spell of the shared host, which lasts seconds,
+        # falls in one round of one kernel and moves no figure, for peers and dlkernels alike.
+        peer_rounds: dict[tuple[str, str], list[list[float]]] = {}  # (peer, direction) -> rounds
+        peer_host: dict[tuple[str, str], dict[str, float]] = {}
+        rounds: list[list[list[float]]] = [[] for _ in todo]
+        host: list[dict[str, float]] = [{} for _ in todo]
+        for r in range(ROUNDS):
+            for name, (fwd, fwdbwd) in peers.items():
+                for direction, fn in (("forward", fwd), ("forward+backward", fwdbwd)):
+                    if fn is not None:
+                        key = (name, direction)
+                        peer_rounds.setdefault(key, []).append(
+                            samples(fn, **_round(r), host=peer_host.setdefault(key, {})))
+            for i, (row, direction, fn) in enumerate(todo):
+                log(f"  {case.id} {row['backend']}/{row['variant']} {direction}, round {r + 1}/{ROUNDS}")
+                with dk.backend(row["backend"], row["variant"]):
+                    rounds[i].append(samples(lambda fn=fn, s=state: fn(s), **_round(r), host=host[i]))
+        peer_times: dict[str, dict[str, tuple[float, dict]]] = {}
+        for (name, direction), rs in peer_rounds.items():
+            spread = _spread(rs, peer_host[name, direction])
+            peer_times.setdefault(name, {})[direction] = (_median_of_rounds(rs), spread)
+        for i, (row, direction, _) in enumerate(todo):
+            row[direction] = _figures(case, state, direction, rounds[i], host[i], peak, peer_times)
         for row in case_rows:
             rows.append(row)
             log(format_row(row))
     return {"machine": machine(), "commit": commit(), "command": " ".join(["dlkernels"] + sys.argv[1:]),
-            "freed_memory_reused": reuse, "peak": peak, "rows": rows}
+            "freed_memory_reused": reuse, "rounds": ROUNDS, "peak": peak, "rows": rows}
+
+
+def _round(r: int) -> dict[str, Any]:
+    """samples()' arguments for round r: each round gets a third of one timing's runs and time,
+    and rounds after the first count their first call (a call of 20 ms or more is not
+    changed by warm caches; a shorter one gets enough runs for it not to matter)."""
+    return {"runs": -(-RUNS // ROUNDS), "budget": BUDGET / ROUNDS, "min_seconds": MIN_SECONDS / ROUNDS,
+            "min_runs": 1, "warm": r > 0}
+
+
+def _median_of_rounds(rounds: list[list[float]]) -> float:
+    return statistics.median(statistics.median(ts) for ts in rounds)
 
 
 def _call_seconds(fn: Callable[[Any], Any], state: Any) -> float:
@@ -240,16 +322,25 @@ def _call_seconds(fn: Callable[[Any], Any], state: Any) -> float:
     return time.perf_counter() - t0
 
 
-def _time_peers(peers: dict[str, tuple], into: dict[str, dict[str, list[float]]]) -> None:
-    for name, (fwd, fwdbwd) in peers.items():
-        for direction, fn in (("forward", fwd), ("forward+backward", fwdbwd)):
-            if fn is not None:
-                got = into[name].setdefault(direction, [])
-                got.extend(samples(fn, runs=3, warm=bool(got), min_seconds=MIN_SECONDS / 2))
+def _spread(rounds: list[list[float]], host: dict[str, float]) -> dict[str, Any]:
+    """Each round's median, the fastest and slowest run, and what the host did meanwhile, per
+    call: one round far above the others, with steal or other processes' time, was the
+    machine's doing, not the kernel's."""
+    times = [t for ts in rounds for t in ts]
+    out: dict[str, Any] = {"round_ms": [statistics.median(ts) * 1e3 for ts in rounds],
+                           "min_ms": min(times) * 1e3, "max_ms": max(times) * 1e3}
+    for k, v in host.items():
+        if k == "busy_threads":  # a most, not a sum
+            out[k] = v
+        else:
+            out[k + "_per_call"] = v / len(times)
+    return out
 
 
-def _figures(case: Case, state: Any, direction: str, t: float, n: int, peak: dict, peer_times: dict) -> dict:
-    fig: dict[str, Any] = {"ms": t * 1e3, "runs": n}
+def _figures(case: Case, state: Any, direction: str, rounds: list[list[float]], host: dict[str, float],
+             peak: dict, peer_times: dict) -> dict:
+    t = _median_of_rounds(rounds)
+    fig: dict[str, Any] = {"ms": t * 1e3, "runs": sum(map(len, rounds)), "spread": _spread(rounds, host)}
     if case.flops:
         f = case.flops(state)
         if direction != "forward":
@@ -259,10 +350,12 @@ def _figures(case: Case, state: Any, direction: str, t: float, n: int, peak: dic
     if case.bytes and direction == "forward":
         fig["gbs"] = case.bytes(state) / t / 1e9
         fig["pct_bandwidth"] = 100 * fig["gbs"] / peak["copy_gbs"]
-    for name, times in peer_times.items():
-        if times.get(direction):
-            fig[f"speedup_vs_{name}"] = times[direction] / t
-            fig[f"{name}_ms"] = times[direction] * 1e3
+    for name, by_dir in peer_times.items():
+        if direction in by_dir:
+            pt, spread = by_dir[direction]
+            fig[f"speedup_vs_{name}"] = pt / t
+            fig[f"{name}_ms"] = pt * 1e3
+            fig[f"{name}_spread"] = spread
     return fig
 
 
