@@ -58,6 +58,13 @@ def test_bench_samples_fill_min_seconds_for_short_calls(monkeypatch):
     assert len(runner.samples(lambda: time.sleep(0.03), runs=5, min_seconds=0.1)) == 5
     # the budget still bounds a slow call, to no fewer than 2 runs
     assert len(runner.samples(lambda: time.sleep(0.03), runs=5, budget=0.01)) == 2
+    # a later round: counted by the earlier per-call time, so one slow first call (a pool waking
+    # up) is a warm-up and cuts no runs; a long call's first run counts, with no warm-up
+    delays = iter([0.05] + [0.001] * 100)
+    got = runner.samples(lambda: time.sleep(next(delays)), runs=2, min_seconds=0.03, per_call=0.001)
+    assert len(got) >= 20 and max(got) < 0.04
+    calls.clear()
+    assert len(runner.samples(lambda: calls.append(1), runs=3, per_call=runner.COUNT_FIRST)) == len(calls) == 3
 
 
 def test_bench_samples_count_what_the_host_did(monkeypatch):

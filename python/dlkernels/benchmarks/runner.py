@@ -42,6 +42,7 @@ MAX_RUNS = 200
 # One timing: at least RUNS runs, fewer when they would take over BUDGET seconds; split over
 # ROUNDS interleaved rounds (see run()).
 RUNS, BUDGET, ROUNDS = 5, 1.0, 3
+COUNT_FIRST = 0.1
 
 
 def host_counters() -> dict[str, float]:
@@ -84,22 +85,23 @@ def thread_cpu_seconds() -> dict[str, float]:
     return out
 
 
-def samples(fn: Callable[[], Any], runs: int = RUNS, budget: float = BUDGET, warm: bool = False,
-            min_seconds: float = MIN_SECONDS, min_runs: int = 2,
-            host: dict[str, float] | None = None) -> list[float]:
-    """Seconds per call of fn, after the other pools settle and one warm-up call (none when fn is
-    already warm: its first call counts): at least `runs` runs, more while they fill less than
-    min_seconds, fewer (down to min_runs) when one call is slow (budget). `host`, when given,
-    gets the change of host_counters() over the timed calls added to it, and in busy_threads
-    the most threads of this process that each kept a core a quarter busy or more during one
-    timing: more than the kernel's own threads means another pool (numba's, torch's, a BLAS)
-    was running against it."""
+def samples(fn: Callable[[], Any], runs: int = RUNS, budget: float = BUDGET, min_seconds: float = MIN_SECONDS,
+            min_runs: int = 2, per_call: float | None = None, host: dict[str, float] | None = None) -> list[float]:
+    """Seconds per call of fn, after the other pools settle and one warm-up call: at least `runs`
+    runs, more while they fill less than min_seconds, fewer (down to min_runs) when one call is
+    slow (budget). The counts go by the warm-up's time, or by per_call when an earlier timing of
+    fn gave it; then a call of COUNT_FIRST seconds or more gets no warm-up (warm caches change it
+    little, and it would cost a run). `host`, when given, gets the change of host_counters()
+    over the timed calls added to it, and in busy_threads the most threads of this process that
+    each kept a core a quarter busy or more during one timing: more than the kernel's own
+    threads means another pool (numba's, torch's, a BLAS) was running against it."""
     time.sleep(SETTLE_SECONDS)
-    t0 = time.perf_counter()
-    fn()
-    first = max(time.perf_counter() - t0, 1e-9)
-    n = max(min_runs, min(max(runs, int(min_seconds / first)), int(budget / first), MAX_RUNS))
-    times = [first] if warm else []
+    if per_call is None or per_call < COUNT_FIRST:
+        t0 = time.perf_counter()
+        fn()
+        per_call = per_call or max(time.perf_counter() - t0, 1e-9)
+    n = max(min_runs, min(max(runs, int(min_seconds / per_call)), int(budget / per_call), MAX_RUNS))
+    times: list[float] = []
     before, threads = (host_counters(), thread_cpu_seconds()) if host is not None else ({}, {})
     start = time.perf_counter()
     while len(times) < n:
@@ -285,12 +287,12 @@ def run(op: str | None = None, backends: list[str] | None = None, quick: bool = 
                 for direction, fn in (("forward", fwd), ("forward+backward", fwdbwd)):
                     if fn is not None:
                         key = (name, direction)
-                        peer_rounds.setdefault(key, []).append(
-                            samples(fn, **_round(r), host=peer_host.setdefault(key, {})))
+                        got = peer_rounds.setdefault(key, [])
+                        got.append(samples(fn, **_round(got), host=peer_host.setdefault(key, {})))
             for i, (row, direction, fn) in enumerate(todo):
                 log(f"  {case.id} {row['backend']}/{row['variant']} {direction}, round {r + 1}/{ROUNDS}")
                 with dk.backend(row["backend"], row["variant"]):
-                    rounds[i].append(samples(lambda fn=fn, s=state: fn(s), **_round(r), host=host[i]))
+                    rounds[i].append(samples(lambda fn=fn, s=state: fn(s), **_round(rounds[i]), host=host[i]))
         peer_times: dict[str, dict[str, tuple[float, dict]]] = {}
         for (name, direction), rs in peer_rounds.items():
             spread = _spread(rs, peer_host[name, direction])
@@ -304,12 +306,13 @@ def run(op: str | None = None, backends: list[str] | None = None, quick: bool = 
             "freed_memory_reused": reuse, "rounds": ROUNDS, "peak": peak, "rows": rows}
 
 
-def _round(r: int) -> dict[str, Any]:
-    """samples()' arguments for round r: each round gets a third of one timing's runs and time,
-    and rounds after the first count their first call (a call of 20 ms or more is not
-    changed by warm caches; a shorter one gets enough runs for it not to matter)."""
+def _round(rounds: list[list[float]]) -> dict[str, Any]:
+    """samples()' arguments for the next of these rounds: each round gets a third of one timing's
+    runs and time, counted by the first round's median time per call. (Counted by a later round's
+    warm-up instead, one slow first call, a pool waking up, had cut a round to two runs whose
+    median was half that call.)"""
     return {"runs": -(-RUNS // ROUNDS), "budget": BUDGET / ROUNDS, "min_seconds": MIN_SECONDS / ROUNDS,
-            "min_runs": 1, "warm": r > 0}
+            "min_runs": 1, "per_call": statistics.median(rounds[0]) if rounds else None}
 
 
 def _median_of_rounds(rounds: list[list[float]]) -> float:
