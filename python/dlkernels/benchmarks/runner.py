@@ -27,9 +27,10 @@ from ..benchmarks import Case, all_cases
 Row = dict[str, Any]
 
 
-# Seconds to wait before timing anything: worker threads of another pool that just ran (NumPy's
-# OpenBLAS, after the reference or a NumPy peer) spin for up to ~0.1 s before they sleep, and a
-# short kernel timed meanwhile shares the 2 cores with them (L3's cell step read 12 ms, not 0.4).
+# Seconds to wait before timing after another pool's threads ran: they spin for up to ~0.1 s
+# before they sleep (NumPy's OpenBLAS after the reference or a NumPy peer; numba's workers, seen
+# burning 0.1 s of a core after a numba kernel), and a short kernel timed meanwhile shares the 2
+# cores with them (L3's cell step read 12 ms, not 0.4). Not needed between two kernels of one pool.
 SETTLE_SECONDS = 0.15
 
 # A short kernel gets as many runs as fill this many seconds (up to MAX_RUNS), not just `runs`:
@@ -86,8 +87,10 @@ def thread_cpu_seconds() -> dict[str, float]:
 
 
 def samples(fn: Callable[[], Any], runs: int = RUNS, budget: float = BUDGET, min_seconds: float = MIN_SECONDS,
-            min_runs: int = 2, per_call: float | None = None, host: dict[str, float] | None = None) -> list[float]:
-    """Seconds per call of fn, after the other pools settle and one warm-up call: at least `runs`
+            min_runs: int = 2, per_call: float | None = None, host: dict[str, float] | None = None,
+            settle: bool = True) -> list[float]:
+    """Seconds per call of fn, after the other pools settle (unless told they have, settle=False:
+    the last thing timed used the same threads) and one warm-up call: at least `runs`
     runs, more while they fill less than min_seconds, fewer (down to min_runs) when one call is
     slow (budget). The counts go by the warm-up's time, or by per_call when an earlier timing of
     fn gave it; then a call of COUNT_FIRST seconds or more gets no warm-up (warm caches change it
@@ -95,7 +98,8 @@ def samples(fn: Callable[[], Any], runs: int = RUNS, budget: float = BUDGET, min
     over the timed calls added to it, and in busy_threads the most threads of this process that
     each kept a core a quarter busy or more during one timing: more than the kernel's own
     threads means another pool (numba's, torch's, a BLAS) was running against it."""
-    time.sleep(SETTLE_SECONDS)
+    if settle:
+        time.sleep(SETTLE_SECONDS)
     if per_call is None or per_call < COUNT_FIRST:
         t0 = time.perf_counter()
         fn()
@@ -282,17 +286,21 @@ def run(op: str | None = None, backends: list[str] | None = None, quick: bool = 
         peer_host: dict[tuple[str, str], dict[str, float]] = {}
         rounds: list[list[list[float]]] = [[] for _ in todo]
         host: list[dict[str, float]] = [{} for _ in todo]
+        pool = None  # whose threads ran last: the runner waits for another pool's to settle
         for r in range(ROUNDS):
             for name, (fwd, fwdbwd) in peers.items():
                 for direction, fn in (("forward", fwd), ("forward+backward", fwdbwd)):
                     if fn is not None:
                         key = (name, direction)
                         got = peer_rounds.setdefault(key, [])
-                        got.append(samples(fn, **_round(got), host=peer_host.setdefault(key, {})))
+                        got.append(samples(fn, **_round(got), host=peer_host.setdefault(key, {}), settle=pool != name))
+                        pool = name
             for i, (row, direction, fn) in enumerate(todo):
                 log(f"  {case.id} {row['backend']}/{row['variant']} {direction}, round {r + 1}/{ROUNDS}")
                 with dk.backend(row["backend"], row["variant"]):
-                    rounds[i].append(samples(lambda fn=fn, s=state: fn(s), **_round(rounds[i]), host=host[i]))
+                    rounds[i].append(samples(lambda fn=fn, s=state: fn(s), **_round(rounds[i]), host=host[i],
+                                             settle=pool != row["backend"]))
+                pool = row["backend"]
         peer_times: dict[str, dict[str, tuple[float, dict]]] = {}
         for (name, direction), rs in peer_rounds.items():
             spread = _spread(rs, peer_host[name, direction])
