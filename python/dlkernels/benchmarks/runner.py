@@ -254,7 +254,7 @@ def run(op: str | None = None, backends: list[str] | None = None, quick: bool = 
         else:
             oracle = peers[case.oracle][0]()
         case_rows: list[Row] = []
-        todo: list[tuple[Row, str, Callable[[Any], Any]]] = []  # (row, direction, fn) to time
+        todo: list[tuple[Row, str, Callable[[Any], Any], float]] = []  # (row, direction, fn, one call's s)
         for c, b, v in targets:
             if c is not case:
                 continue
@@ -270,12 +270,16 @@ def run(op: str | None = None, backends: list[str] | None = None, quick: bool = 
                     for direction, fn in (("forward", case.forward), ("forward+backward", case.backward)):
                         if fn is None or "status" in row:
                             continue
-                        # this call decides whether the variant is too slow to time; a slow first
-                        # call gets a second chance, as it may have compiled (numba after an install)
-                        if _call_seconds(fn, state) > max_seconds and _call_seconds(fn, state) > max_seconds:
+                        # this call decides whether the variant is too slow to time, and counts the
+                        # first round's runs; a slow first call gets a second chance, as it may have
+                        # compiled (numba after an install)
+                        once = _call_seconds(fn, state)
+                        if once > max_seconds:
+                            once = _call_seconds(fn, state)
+                        if once > max_seconds:
                             row[direction] = {"skipped": f"one call took over {max_seconds:g} s"}
                             continue
-                        todo.append((row, direction, fn))
+                        todo.append((row, direction, fn, once))
             except VariantRefused:  # a specialised variant that does not fit this shape
                 continue
             case_rows.append(row)
@@ -295,17 +299,17 @@ def run(op: str | None = None, backends: list[str] | None = None, quick: bool = 
                         got = peer_rounds.setdefault(key, [])
                         got.append(samples(fn, **_round(got), host=peer_host.setdefault(key, {}), settle=pool != name))
                         pool = name
-            for i, (row, direction, fn) in enumerate(todo):
+            for i, (row, direction, fn, once) in enumerate(todo):
                 log(f"  {case.id} {row['backend']}/{row['variant']} {direction}, round {r + 1}/{ROUNDS}")
                 with dk.backend(row["backend"], row["variant"]):
-                    rounds[i].append(samples(lambda fn=fn, s=state: fn(s), **_round(rounds[i]), host=host[i],
+                    rounds[i].append(samples(lambda fn=fn, s=state: fn(s), **_round(rounds[i], once), host=host[i],
                                              settle=pool != row["backend"]))
                 pool = row["backend"]
         peer_times: dict[str, dict[str, tuple[float, dict]]] = {}
         for (name, direction), rs in peer_rounds.items():
             spread = _spread(rs, peer_host[name, direction])
             peer_times.setdefault(name, {})[direction] = (_median_of_rounds(rs), spread)
-        for i, (row, direction, _) in enumerate(todo):
+        for i, (row, direction, *_) in enumerate(todo):
             row[direction] = _figures(case, state, direction, rounds[i], host[i], peak, peer_times)
         for row in case_rows:
             rows.append(row)
@@ -314,13 +318,14 @@ def run(op: str | None = None, backends: list[str] | None = None, quick: bool = 
             "freed_memory_reused": reuse, "rounds": ROUNDS, "peak": peak, "rows": rows}
 
 
-def _round(rounds: list[list[float]]) -> dict[str, Any]:
+def _round(rounds: list[list[float]], once: float | None = None) -> dict[str, Any]:
     """samples()' arguments for the next of these rounds: each round gets a third of one timing's
-    runs and time, counted by the first round's median time per call. (Counted by a later round's
-    warm-up instead, one slow first call, a pool waking up, had cut a round to two runs whose
-    median was half that call.)"""
+    runs and time, counted by the first round's median time per call, or for the first round by
+    `once`, a call timed before (a long one then needs no warm-up call of its own). (Counted by a
+    later round's warm-up instead, one slow first call, a pool waking up, had cut a round to two
+    runs whose median was half that call.)"""
     return {"runs": -(-RUNS // ROUNDS), "budget": BUDGET / ROUNDS, "min_seconds": MIN_SECONDS / ROUNDS,
-            "min_runs": 1, "per_call": statistics.median(rounds[0]) if rounds else None}
+            "min_runs": 1, "per_call": statistics.median(rounds[0]) if rounds else once}
 
 
 def _median_of_rounds(rounds: list[list[float]]) -> float:
