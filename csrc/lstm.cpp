@@ -8,7 +8,7 @@
 //   barrier per step, after which every thread reads all of h (forward) or dZ (backward).
 //   forward   z_t = x_t W_ihᵀ + h_{t-1} W_hhᵀ per step on the thread's packed columns (the
 //             shared BLIS gemm); for B <= 4, where a step is bound by streaming W_hh from
-//             L2, X W_ihᵀ is one gemm for all steps (each thread its own columns) and h W_hhᵀ
+//             L2, X W_ihᵀ is one gemm for all steps and h W_hhᵀ
 //             dot products on rows of W_hh packed without a transpose, in two fixed halves
 //             over h so that a thread starts on the half it wrote while the other half is on
 //             its way, and without lengths or projection no barrier at all, only per-thread
@@ -503,9 +503,7 @@ void lstm_forward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const 
   const int nt = threads_for_steps(B, P, G, H, W);
   const bool small = B <= SMALL_M;
   // x W_ihᵀ: for B <= SMALL_M, for every step at once (Z, into the gates array), here on all
-  // threads when the steps run on one, else in the region, each thread the columns of its own
-  // gates (what its gate passes read: they stay in its core's cache, and at T = 1 the threads
-  // share the work evenly, where a share of the rows left one thread idle).
+  // threads when the steps run on one, else in the region, each thread a share of the rows.
   // Bigger B: step by step, each thread its gate columns just before their gate pass, so that
   // they are read from cache rather than from a Z too big for it.
   if (small && nt == 1) gemm<T>(Tn * B, G, I, x, I, 1, w_ih, 1, I, gates, G, false, true);
@@ -523,9 +521,10 @@ void lstm_forward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const 
     const Slice s = slice_of(H, W, r, n);           // hidden units (c, gates)
     const Slice ps = proj ? slice_of(P, W, r, n) : s;  // outputs (h, y)
     const int64_t hs = s.size();
-    if (small && nt > 1)  // this thread's gate columns of Z for every step: they stay in its cache
-      for (int q = 0; q < 4; ++q)
-        gemm<T>(Tn * B, hs, I, x, I, 1, w_ih + (q * H + s.j0) * I, 1, I, gates + q * H + s.j0, G, false, false);
+    if (small && nt > 1) {
+      const int64_t i0 = Tn * B * r / n, i1 = Tn * B * (r + 1) / n;
+      gemm<T>(i1 - i0, G, I, x + i0 * I, I, 1, w_ih, 1, I, gates + i0 * G, G, false, false);
+    }
     // packed (B > SMALL_M): W_ihᵀ and W_hhᵀ restricted to this thread's gate columns (I x 4hs,
     // P x 4hs), W_hrᵀ to its outputs (H x ps)
     const Workspace<T> wgi = gather_gate_rows(w_ih, H, small ? 0 : I, s);
