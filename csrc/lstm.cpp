@@ -8,8 +8,11 @@
 //   barrier per step, after which every thread reads all of h (forward) or dZ (backward).
 //   forward   z_t = x_t W_ihᵀ + h_{t-1} W_hhᵀ per step on the thread's packed columns (the
 //             shared BLIS gemm); for B <= 4, where a step is bound by streaming W_hh from
-//             L2, X W_ihᵀ is one gemm for all steps and h W_hhᵀ dot products on rows of W_hh
-//             packed without a transpose; with a projection, h = m W_hrᵀ the same way.
+//             L2, X W_ihᵀ is one gemm for all steps and h W_hhᵀ
+//             dot products on rows of W_hh packed without a transpose, in two fixed halves
+//             over h so that a thread starts on the half it wrote while the other half is on
+//             its way, and without lengths or projection no barrier at all, only per-thread
+//             step counters; with a projection, h = m W_hrᵀ the same way.
 //   backward  per step only what the recurrence needs: dh_{t-1} = dZ_t W_hh on the thread's
 //             columns (W_hh read in place for B <= 4) and the fused elementwise pass, which
 //             also sums db; then dX = dZ W_ih, dW_ih = dZᵀ X, dW_hh = dZᵀ H_prev,
@@ -224,29 +227,40 @@ struct DotPacked {
       if (full < kv) vstore(dst + full * W * W, vload_n(src + full * W, (int)(K - full * W)));
     }
   }
-  // C (M x n, row stride ldc) = A (M x K, row stride lda) · rowsᵀ
-  void mul(int64_t M, const T* A, int64_t lda, T* C, int64_t ldc) const {
+  // The two halves of the product, A's vectors [0, half()) and [half(), kv): C = A · rowsᵀ is
+  // always computed as (first half) + (second half), in either order (the sum is the same), so
+  // that a thread can start on the half of h it wrote itself (see lstm_forward).
+  int64_t half() const { return kv / 2; }
+  // C (M x n, row stride ldc) (+)= A (M x K, row stride lda) · rowsᵀ over A's vectors [v0, v1)
+  void mul(int64_t M, const T* A, int64_t lda, T* C, int64_t ldc, int64_t v0, int64_t v1,
+           bool accumulate) const {
     for (int64_t b = 0; b < M; ++b)
       for (int64_t g = 0; g * W < n; ++g) {
         const T* a = A + b * lda;
-        const T* w = buf.data() + g * kv * W * W;
+        const T* w = buf.data() + (g * kv + v0) * W * W;
         vec<T> acc[W];
         for (int r = 0; r < W; ++r) acc[r] = vec<T>{};
-        int64_t v = 0;
-        for (; (v + 1) * W <= K; ++v, w += W * W) {
+        int64_t v = v0;
+        for (; v < v1 && (v + 1) * W <= K; ++v, w += W * W) {
           const vec<T> av = vload(a + v * W);
 #pragma GCC unroll 16
           for (int r = 0; r < W; ++r) acc[r] = vfma<T>(av, vload(w + r * W), acc[r]);
         }
-        if (v < kv) {  // the last, partial vector of A (the packed rows are zero past K)
+        if (v < v1) {  // the last, partial vector of A (the packed rows are zero past K)
           const vec<T> av = vload_n(a + v * W, (int)(K - v * W));
           for (int r = 0; r < W; ++r) acc[r] = vfma<T>(av, vload(w + r * W), acc[r]);
         }
         fold_sums<T, W>(acc);
         const int m = (int)std::min<int64_t>(W, n - g * W);
-        if (m == W) vstore(C + b * ldc + g * W, acc[0]);
-        else vstore_n(C + b * ldc + g * W, acc[0], m);
+        T* c = C + b * ldc + g * W;
+        if (accumulate) acc[0] += m == W ? vload(c) : vload_n(c, m);
+        if (m == W) vstore(c, acc[0]);
+        else vstore_n(c, acc[0], m);
       }
+  }
+  void mul(int64_t M, const T* A, int64_t lda, T* C, int64_t ldc) const {  // both halves
+    mul(M, A, lda, C, ldc, 0, half(), false);
+    mul(M, A, lda, C, ldc, half(), kv, true);
   }
 };
 
@@ -368,6 +382,27 @@ struct StepBarrier {
   }
 };
 
+// Per-thread step counters, one cache line each: thread r publishes that its part of step t is
+// written (done = t + 1, release), a reader waits until every other thread's count reaches it
+// (acquire). Lighter than StepBarrier where no buffer is ever rewritten (h_t in its own row
+// y_t): a thread waits only for the data it reads, and a writer never waits for readers.
+struct StepFlags {
+  struct alignas(64) Slot {
+    std::atomic<int64_t> done{0};
+  };
+  int n;
+  std::unique_ptr<Slot[]> slot;
+  explicit StepFlags(int n_) : n(n_), slot(new Slot[(size_t)n_]) {}
+  void publish(int r, int64_t steps) { slot[r].done.store(steps, std::memory_order_release); }
+  void wait_others(int r, int64_t steps) const {
+    for (int o = 0; o < n; ++o)
+      for (int spin = 0; o != r && slot[o].done.load(std::memory_order_acquire) < steps; ++spin) {
+        if (spin < (1 << 14)) StepBarrier::pause();
+        else std::this_thread::yield();
+      }
+  }
+};
+
 // ---- forward: one step's elementwise work, row b, hidden units [j0, j0 + n) -----------------
 // z: the gates array at unit j0 (gate q at z + q * H), holding x W_ihᵀ when zin (else not
 // read), replaced by the activated gates; zr: the recurrent product h W_hhᵀ for the same units
@@ -473,12 +508,16 @@ void lstm_forward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const 
   // they are read from cache rather than from a Z too big for it.
   if (small && nt == 1) gemm<T>(Tn * B, G, I, x, I, 1, w_ih, 1, I, gates, G, false, true);
 
+  // small B without projection or lengths: h_t is row y_t, written once, so the steps need no
+  // barrier, only each thread's count of steps done (StepFlags)
+  const bool flags = small && !proj && !lengths;
   StepBarrier bar;
+  StepFlags done(nt);
 #pragma omp parallel num_threads(nt)
   {
     const int n = num_threads_here(), r = thread_id();
 #pragma omp single
-    bar.n = n;  // (the single's closing barrier publishes it)
+    bar.n = done.n = n;  // (the single's closing barrier publishes it)
     const Slice s = slice_of(H, W, r, n);           // hidden units (c, gates)
     const Slice ps = proj ? slice_of(P, W, r, n) : s;  // outputs (h, y)
     const int64_t hs = s.size();
@@ -505,17 +544,30 @@ void lstm_forward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const 
       T* yt = y + t * B * P;
       const T* hprev = lengths ? hbuf.data() + (t % 2) * B * P : t > 0 ? yt - B * P : h0;
       T* z = gates + t * B * G;
-      if (small) {
-        dp_hh.mul(B, hprev, P, zr.data(), 4 * hs);
-      } else {
-        pk_ih.mul(B, x + t * B * I, I, zr.data(), 4 * hs);
-        pk_hh.mul(B, hprev, P, zr.data(), 4 * hs, true);
-      }
       // m for this thread's units: y_t itself (no projection, no lengths), else its own
       // buffer, or the shared one the projection reads
       T* m = proj ? mall.data() + s.j0 : lengths ? mown.data() : yt + s.j0;
       const int64_t ldm = proj ? H : lengths ? hs : P;
       const T* cprev = t > 0 ? cs + (t - 1) * B * H : c0;
+      if (flags) {  // (small B)
+        // h_{t-1} W_hhᵀ in its two fixed halves over h (DotPacked::half): first the half this
+        // thread wrote, if it wrote a whole one (with 2 threads each did), while the others'
+        // writes are still on their way; then, once they are done, the rest
+        const int64_t k1 = dp_hh.half(), kv = dp_hh.kv;
+        const bool own_lo = ps.j0 == 0 && ps.j1 >= std::min(P, k1 * W);
+        const bool own_hi = !own_lo && ps.j0 <= k1 * W && ps.j1 == P;
+        const int64_t a0 = own_hi ? k1 : 0, a1 = own_hi ? kv : k1;  // the half done first
+        const int64_t b0 = own_hi ? 0 : k1, b1 = own_hi ? k1 : kv;
+        if (t > 0 && !own_lo && !own_hi) done.wait_others(r, t);
+        dp_hh.mul(B, hprev, P, zr.data(), 4 * hs, a0, a1, false);
+        if (t > 0 && (own_lo || own_hi)) done.wait_others(r, t);
+        dp_hh.mul(B, hprev, P, zr.data(), 4 * hs, b0, b1, true);
+      } else if (small) {
+        dp_hh.mul(B, hprev, P, zr.data(), 4 * hs);
+      } else {
+        pk_ih.mul(B, x + t * B * I, I, zr.data(), 4 * hs);
+        pk_hh.mul(B, hprev, P, zr.data(), 4 * hs, true);
+      }
       for (int64_t b = 0; b < B; ++b)
         gates_forward<T>(hs, H, z + b * G + s.j0, small, zr.data() + b * 4 * hs, bias ? bias + s.j0 : nullptr,
                          cprev + b * H + s.j0, cs + (t * B + b) * H + s.j0, m + b * ldm,
@@ -546,7 +598,8 @@ void lstm_forward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const 
           }
         }
       }
-      bar.wait();  // h_t complete before any thread's next product reads it
+      if (flags) done.publish(r, t + 1);
+      else bar.wait();  // h_t complete before any thread's next product reads it
     }
   }
   const T* hlast = lengths ? hbuf.data() + (Tn % 2) * B * P : y + (Tn - 1) * B * P;
@@ -605,6 +658,19 @@ void lstm_backward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const
     // units (P x hs)
     const Packed<T> pk_hh(small ? 0 : G, ps.size(), w_hh + ps.j0, P, 1);
     const Packed<T> pk_hr(small || !proj ? 0 : P, hs, proj ? w_hr + s.j0 : nullptr, H, 1);
+    // B <= SMALL_M: the same columns of W_hh, read in place, or copied into rows of their own
+    // when this thread's columns are only part of each row and there are steps enough to pay
+    // for the copy (about one step's reads): in place, the next-line prefetchers pull the rest
+    // of every row (the other threads' columns) into L1 as well, and a step cost as much as
+    // reading all of W_hh (measured 2.1 us a step at T 50, B 1, H 128, 2 threads; 1.2 copied).
+    // The arithmetic is the same either way.
+    const bool copy_hh = small && ps.size() < P && Tn * B >= 4;
+    Workspace<T> whc(copy_hh ? G * ps.size() : 0);
+    if (copy_hh)
+      for (int64_t k = 0; k < G; ++k)
+        std::memcpy(whc.data() + k * ps.size(), w_hh + k * P + ps.j0, (size_t)ps.size() * sizeof(T));
+    const T* wh_cols = copy_hh ? whc.data() : w_hh + ps.j0;  // row k at k * ldw
+    const int64_t ldw = copy_hh ? ps.size() : P;
     Workspace<T> dhp(lengths ? B * ps.size() : 0);
     // db = column sums of dZ, summed here while dZ_t is in cache: each thread its units'
     // columns, steps from last to first, rows in order (deterministic)
@@ -643,7 +709,7 @@ void lstm_backward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const
       // dh_{t-1} = dZ_t W_hh, this thread's outputs; a row that is not running keeps its dh
       T* out = lengths ? dhp.data() : dh0 + ps.j0;
       const int64_t ldo = lengths ? ps.size() : P;
-      if (small) axpy_many<T>(B, G, ps.size(), w_hh + ps.j0, P, dzt, G, out, ldo);
+      if (small) axpy_many<T>(B, G, ps.size(), wh_cols, ldw, dzt, G, out, ldo);
       else pk_hh.mul(B, dzt, G, out, ldo);
       if (lengths) {
         for (int64_t b = 0; b < B; ++b)

@@ -154,10 +154,12 @@ def select(op: str, direction: str, device: str, *args: Any) -> tuple[Kernel, st
             raise ValueError(f"backend: {forced!r} is not available here (see `dlkernels info`)")
         candidates: tuple[str, ...] = (forced,)
     else:
-        candidates = tuple(b for b in PREFERENCE[device] if available(b))
+        candidates = PREFERENCE[device]
     skipped = []
     for b in candidates:
-        ks = kernels(op, direction, b)
+        if b != forced and not available(b):  # checked only until one backend takes the op
+            continue
+        ks = _BY_OP.get((op, direction, b), ())
         if not ks:
             skipped.append(f"{b} has no {op} {direction}")
             continue
