@@ -121,12 +121,6 @@ def samples(fn: Callable[[], Any], runs: int = RUNS, budget: float = BUDGET, min
     return times
 
 
-def timeit(fn: Callable[[], Any], runs: int = 5, budget: float = 1.0) -> tuple[float, int]:
-    """(median seconds, runs) of fn after one warm-up call."""
-    times = samples(fn, runs, budget)
-    return statistics.median(times), len(times)
-
-
 def keep_freed_memory() -> bool:
     """Have glibc's malloc keep freed memory for reuse rather than hand it back to the OS.
 
@@ -150,10 +144,10 @@ def measure_peak() -> dict[str, float]:
     rng = np.random.default_rng(0)
     a = rng.standard_normal((2048, 2048), dtype=np.float32)
     b = rng.standard_normal((2048, 2048), dtype=np.float32)
-    t, _ = timeit(lambda: a @ b, runs=5, budget=3.0)
+    t = statistics.median(samples(lambda: a @ b, budget=3.0))
     src = np.ones(64 * 2**20, np.float32)  # 256 MiB: far past the caches
     dst = np.empty_like(src)
-    tc, _ = timeit(lambda: np.copyto(dst, src), runs=5, budget=2.0)
+    tc = statistics.median(samples(lambda: np.copyto(dst, src), budget=2.0))
     return {"gflops": 2 * 2048**3 / t / 1e9, "copy_gbs": 2 * src.nbytes / tc / 1e9}
 
 
