@@ -97,8 +97,8 @@ def test_bench_samples_count_what_the_host_did(monkeypatch):
 
 
 def test_bench_rounds_outvote_a_slow_spell(monkeypatch):
-    """A spell of a slow machine that covers one whole round of a kernel, and another of its
-    peer, moves neither figure: each is the median of three rounds."""
+    """A spell of a slow machine that covers one whole round of a kernel and of its peer moves
+    neither figure: each is the median of three rounds, which run forwards, backwards, forwards."""
     import numpy as np
 
     from dlkernels.benchmarks import Case, runner
@@ -118,7 +118,11 @@ def test_bench_rounds_outvote_a_slow_spell(monkeypatch):
                 peers={"sleeper": lambda state: (call, None)}, backends=("cpp",))
     monkeypatch.setattr(runner, "all_cases", lambda: [("x", case)])
 
-    def log(line):  # the spell: round 2 of our kernels, and so round 3 of the peer (timed before them)
+    timed: list[str] = []
+
+    def log(line):  # the spell: the second round
+        if "round" in line:
+            timed.append(line.split()[1])
         if "round 2/3" in line:
             spell["on"] = True
         if "round 3/3" in line:
@@ -126,9 +130,39 @@ def test_bench_rounds_outvote_a_slow_spell(monkeypatch):
 
     results = runner.run(log=log, backends=["cpp"], fresh_memory=True)  # leave this process's malloc as it is
     assert results["rows"]
+    kernels = timed[1:len(timed) // 3]
+    assert timed == ["sleeper", *kernels, *kernels[::-1], "sleeper", "sleeper", *kernels]
     for row in results["rows"]:
         fwd = row["forward"]
         assert fwd["ms"] < 10 and fwd["sleeper_ms"] < 10 and 0.5 < fwd["speedup_vs_sleeper"] < 2
         assert max(fwd["spread"]["round_ms"]) > 15 and max(fwd["sleeper_spread"]["round_ms"]) > 15
         # every round ran under the row's own backend and variant: validation makes 2 calls
         assert calls[row["backend"], row["variant"]] >= 2 + fwd["runs"]
+
+
+def test_bench_without_a_peers_library(monkeypatch):
+    """A peer whose library is missing (torch and SciPy are not dependencies) is left out, said
+    so in the log, and a case it would have validated is validated by the reference instead."""
+    import numpy as np
+
+    from dlkernels.benchmarks import Case, runner
+    monkeypatch.setattr(runner, "SETTLE_SECONDS", 0.0)
+    monkeypatch.setattr(runner, "measure_peak", lambda: {"gflops": 1.0, "copy_gbs": 1.0})
+    from dlkernels import _registry
+    ran: list = []
+
+    def call(state=None):
+        ran.append(_registry._choice.get())
+        return np.zeros(3)
+
+    def absent(state):
+        raise ImportError("No module named 'somepeer'")
+
+    case = Case("X1", "matmul", "zeros", setup=dict, forward=call, backward=None, peers={"somepeer": absent},
+                backends=("cpp",), oracle="somepeer")
+    monkeypatch.setattr(runner, "all_cases", lambda: [("x", case)])
+    lines: list[str] = []
+    results = runner.run(log=lines.append, backends=["cpp"], fresh_memory=True)
+    assert any("no peer somepeer" in line for line in lines)
+    assert ran[0][0] == "reference"  # the oracle
+    assert results["rows"] and all("speedup_vs_somepeer" not in row["forward"] for row in results["rows"])

@@ -33,6 +33,9 @@ class Case:
         default_factory=dict)
     quick: bool = False  # part of `dlkernels bench --quick`
     backends: tuple[str, ...] = ("cpp", "numba")  # backends timed (the reference is only the validator)
-    variants: dict[str, tuple[str, ...]] = field(default_factory=dict)  # backend -> variants to time (default: all)
+    # backend -> variants not run on this case (the default: every variant that accepts its shape)
+    skip: dict[str, tuple[str, ...]] = field(default_factory=dict)
     tol: float = 1e-3  # validation: max |out - oracle| / max(1, max |oracle|)
-    oracle: str = "reference"  # what validates the outputs: the reference backend, or a peer's name
+    # what validates the outputs: the reference backend, or a peer's name (the reference when that
+    # peer's library is not installed)
+    oracle: str = "reference"

@@ -8,6 +8,7 @@ threads. Absolute times drift on shared machines; the ratios are what to quote.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -204,7 +206,7 @@ def commit() -> str | None:
 
 def _variants(case: Case, backend: str) -> list[str]:
     names = [k.variant for k in _registry.kernels(case.op, "forward", backend)]
-    return [v for v in names if v in case.variants.get(backend, names)]
+    return [v for v in names if v not in case.skip.get(backend, ())]
 
 
 def _targets(cases: list[tuple[str, Case]], backends: list[str] | None) -> list[tuple[Case, str, str]]:
@@ -215,6 +217,21 @@ def _targets(cases: list[tuple[str, Case]], backends: list[str] | None) -> list[
                 continue
             out += [(case, b, v) for v in _variants(case, b)]
     return out
+
+
+DIRECTIONS = ("forward", "forward+backward")
+
+
+@dataclass
+class _Timing:
+    """One thing timed in a case's rounds: a row's kernel in one direction, or a peer's."""
+    direction: str
+    pool: str  # whose threads it runs on: the row's backend, or the peer's name
+    fn: Callable[[], Any]
+    row: Row | None = None  # the row the figures go to; None for a peer
+    once: float | None = None  # the seconds of one call, when timed before
+    rounds: list[list[float]] = field(default_factory=list)  # seconds per call, per round
+    host: dict[str, float] = field(default_factory=dict)  # host_counters() over the timed calls
 
 
 def run(op: str | None = None, backends: list[str] | None = None, quick: bool = False,
@@ -241,14 +258,14 @@ def run(op: str | None = None, backends: list[str] | None = None, quick: bool = 
     done = 0
     for _, case in cases:
         state = case.setup()
-        peers = {name: make(state) for name, make in case.peers.items()}
-        if case.oracle == "reference":
+        peers = _peers(case, state, log)
+        if case.oracle in peers:
+            oracle = peers[case.oracle][0]()
+        else:
             with dk.backend("reference"):
                 oracle = case.forward(state)
-        else:
-            oracle = peers[case.oracle][0]()
         case_rows: list[Row] = []
-        todo: list[tuple[Row, str, Callable[[Any], Any], float]] = []  # (row, direction, fn, one call's s)
+        ours: list[_Timing] = []
         for c, b, v in targets:
             if c is not case:
                 continue
@@ -261,7 +278,7 @@ def run(op: str | None = None, backends: list[str] | None = None, quick: bool = 
                     row["max_error"] = err
                     if not err <= case.tol:
                         row["status"] = f"INVALID (error {err:.2g} > {case.tol:.0e})"
-                    for direction, fn in (("forward", case.forward), ("forward+backward", case.backward)):
+                    for direction, fn in zip(DIRECTIONS, (case.forward, case.backward)):
                         if fn is None or "status" in row:
                             continue
                         # this call decides whether the variant is too slow to time, and counts the
@@ -273,43 +290,47 @@ def run(op: str | None = None, backends: list[str] | None = None, quick: bool = 
                         if once > max_seconds:
                             row[direction] = {"skipped": f"one call took over {max_seconds:g} s"}
                             continue
-                        todo.append((row, direction, fn, once))
+                        ours.append(_Timing(direction, b, lambda fn=fn, s=state: fn(s), row, once))
             except VariantRefused:  # a specialised variant that does not fit this shape
                 continue
             case_rows.append(row)
         # The peers and the variants are timed in ROUNDS interleaved rounds, and each figure is
         # the median of its rounds' medians: a slow spell of the shared host, which lasts seconds,
         # falls in one round of one kernel and moves no figure, for peers and dlkernels alike.
-        peer_rounds: dict[tuple[str, str], list[list[float]]] = {}  # (peer, direction) -> rounds
-        peer_host: dict[tuple[str, str], dict[str, float]] = {}
-        rounds: list[list[list[float]]] = [[] for _ in todo]
-        host: list[dict[str, float]] = [{} for _ in todo]
+        theirs = {(name, direction): _Timing(direction, name, fn)
+                  for name, pair in peers.items() for direction, fn in zip(DIRECTIONS, pair) if fn is not None}
+        timings = [*theirs.values(), *ours]
         pool = None  # whose threads ran last: the runner waits for another pool's to settle
         for r in range(ROUNDS):
-            for name, (fwd, fwdbwd) in peers.items():
-                for direction, fn in (("forward", fwd), ("forward+backward", fwdbwd)):
-                    if fn is not None:
-                        key = (name, direction)
-                        got = peer_rounds.setdefault(key, [])
-                        got.append(samples(fn, **_round(got), host=peer_host.setdefault(key, {}), settle=pool != name))
-                        pool = name
-            for i, (row, direction, fn, once) in enumerate(todo):
-                log(f"  {case.id} {row['backend']}/{row['variant']} {direction}, round {r + 1}/{ROUNDS}")
-                with dk.backend(row["backend"], row["variant"]):
-                    rounds[i].append(samples(lambda fn=fn, s=state: fn(s), **_round(rounds[i], once), host=host[i],
-                                             settle=pool != row["backend"]))
-                pool = row["backend"]
+            # every other round runs backwards (ABC CBA ABC): a drift of the host weighs on all
+            # alike, and the pool that ended a round starts the next one without a settle
+            for t in timings if r % 2 == 0 else timings[::-1]:
+                kernel = () if t.row is None else (t.row["backend"], t.row["variant"])
+                log(f"  {case.id} {'/'.join(kernel) or t.pool} {t.direction}, round {r + 1}/{ROUNDS}")
+                with dk.backend(*kernel) if kernel else contextlib.nullcontext():
+                    t.rounds.append(samples(t.fn, **_round(t.rounds, t.once), host=t.host, settle=pool != t.pool))
+                pool = t.pool
         peer_times: dict[str, dict[str, tuple[float, dict]]] = {}
-        for (name, direction), rs in peer_rounds.items():
-            spread = _spread(rs, peer_host[name, direction])
-            peer_times.setdefault(name, {})[direction] = (_median_of_rounds(rs), spread)
-        for i, (row, direction, *_) in enumerate(todo):
-            row[direction] = _figures(case, state, direction, rounds[i], host[i], peak, peer_times)
+        for (name, direction), t in theirs.items():
+            peer_times.setdefault(name, {})[direction] = (_median_of_rounds(t.rounds), _spread(t.rounds, t.host))
+        for t in ours:
+            t.row[t.direction] = _figures(case, state, t.direction, t.rounds, t.host, peak, peer_times)
         for row in case_rows:
             rows.append(row)
             log(format_row(row))
     return {"machine": machine(), "commit": commit(), "command": " ".join(["dlkernels"] + sys.argv[1:]),
             "freed_memory_reused": reuse, "rounds": ROUNDS, "peak": peak, "rows": rows}
+
+
+def _peers(case: Case, state: Any, log: Callable[[str], None]) -> dict[str, tuple[Callable[[], Any], Any]]:
+    """The case's peers whose library is installed (torch, SciPy are not dependencies)."""
+    out = {}
+    for name, make in case.peers.items():
+        try:
+            out[name] = make(state)
+        except ImportError as e:
+            log(f"{case.id}: no peer {name} ({e})")
+    return out
 
 
 def _round(rounds: list[list[float]], once: float | None = None) -> dict[str, Any]:
@@ -374,7 +395,7 @@ def format_row(row: Row) -> str:
     if "status" in row:
         return head + row["status"]
     parts = []
-    for direction in ("forward", "forward+backward"):
+    for direction in DIRECTIONS:
         fig = row.get(direction)
         if not fig:
             continue

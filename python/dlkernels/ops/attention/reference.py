@@ -15,7 +15,7 @@ from .common import Dropout, Mask, dropout_keep
 def _scores(q, k, kv_index, mask: Mask | None, causal: bool, scale: float) -> np.ndarray:
     Z, L, _ = q.shape
     S = k.shape[1]
-    s = scale * np.einsum("zle,zse->zls", q, k[kv_index])         # (Z, L, S)
+    s = scale * (q @ k[kv_index].swapaxes(1, 2))                  # (Z, L, S)
     if mask is not None:
         s = s + mask.dense(L, S)                                  # (Z, L, S)
     if causal:  # top-left aligned: row i sees keys j <= i
@@ -52,7 +52,7 @@ def scaled_dot_product_attention_forward_reference(q, k, v, kv_index, mask, caus
     s = _scores(q, k, kv_index, mask, causal, scale)              # (Z, L, S)
     p, lse = _softmax(s)                                          # (Z, L, S), (Z, L)
     pd = p * _keep(dropout, Z, L, S, q.dtype)                     # (Z, L, S) dropped and rescaled
-    out = np.einsum("zls,zsf->zlf", pd, v[kv_index])              # (Z, L, Ev)
+    out = pd @ v[kv_index]                                        # (Z, L, Ev)
     return out.astype(q.dtype), lse.astype(q.dtype)
 
 
@@ -68,12 +68,12 @@ def scaled_dot_product_attention_backward_reference(dout, q, k, v, out, lse, kv_
     s = _scores(q, k, kv_index, mask, causal, scale)              # (Z, L, S)
     p, _ = _softmax(s)                                            # (Z, L, S)
     keep = _keep(dropout, Z, L, S, q.dtype)                       # (Z, L, S) or 1.0
-    dv_z = np.einsum("zls,zlf->zsf", p * keep, dout)              # (Z, S, Ev)
-    dp = np.einsum("zlf,zsf->zls", dout, v[kv_index]) * keep      # (Z, L, S)
+    dv_z = (p * keep).swapaxes(1, 2) @ dout                       # (Z, S, Ev)
+    dp = (dout @ v[kv_index].swapaxes(1, 2)) * keep               # (Z, L, S)
     D = np.sum(dout * out, axis=-1, keepdims=True)                # (Z, L, 1)
     ds = p * (dp - D)                                             # (Z, L, S)
-    dq = scale * np.einsum("zls,zse->zle", ds, k[kv_index])       # (Z, L, E)
-    dk_z = scale * np.einsum("zls,zle->zse", ds, q)               # (Z, S, E)
+    dq = scale * (ds @ k[kv_index])                               # (Z, L, E)
+    dk_z = scale * (ds.swapaxes(1, 2) @ q)                        # (Z, S, E)
     dk = np.zeros_like(k)                                         # (Zk, S, E)
     dv = np.zeros_like(v)                                         # (Zk, S, Ev)
     np.add.at(dk, kv_index, dk_z)
