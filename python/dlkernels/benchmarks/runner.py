@@ -303,7 +303,7 @@ def run(op: str | None = None, backends: list[str] | None = None, quick: bool = 
         pool = None  # whose threads ran last: the runner waits for another pool's to settle
         for r in range(ROUNDS):
             # (Rounds that alternated forwards and backwards, ABC CBA ABC, made PyG's index_add_ on
-            # G1 fault in 0.5 GB of fresh pages a call: 13x became 47-50x. Same order every round.)
+            # G1 fault in 0.3-0.5 GB of fresh pages a call: 13x became 47-50x. Same order every round.)
             for t in timings:
                 kernel = () if t.row is None else (t.row["backend"], t.row["variant"])
                 log(f"  {case.id} {'/'.join(kernel) or t.pool} {t.direction}, round {r + 1}/{ROUNDS}")
