@@ -165,3 +165,15 @@ def test_bench_without_a_peers_library(monkeypatch):
     assert any("no peer somepeer" in line for line in lines)
     assert ran[0][0] == "reference"  # the oracle
     assert results["rows"] and all("speedup_vs_somepeer" not in row["forward"] for row in results["rows"])
+
+
+def test_bench_case_skips_named_variants():
+    """Case.skip leaves a variant out of one case only: numba/direct (the naive rung) is timed
+    on C1, C4 and C5 but not on C2 and C3, where one call takes seconds."""
+    from dlkernels.benchmarks import all_cases, runner
+    cases = {c.id: c for _, c in all_cases()}
+    for id in ("C1", "C4", "C5"):
+        assert "direct" in runner._variants(cases[id], "numba")
+    for id in ("C2", "C3"):
+        names = runner._variants(cases[id], "numba")
+        assert "direct" not in names and "im2col" in names
