@@ -156,13 +156,6 @@ inline void split(int64_t n, int nt, int t, int64_t& b, int64_t& e) {
   e = n * (t + 1) / nt;
 }
 
-template <typename T>
-T* grow(std::vector<T>& v, int64_t n) {
-  const size_t need = (size_t)std::max<int64_t>(n, 1);
-  if (v.size() < need) v.resize(need);
-  return v.data();
-}
-
 bool is_pointwise(const ConvShape& s) {
   return s.R == 1 && s.S == 1 && s.stride_h == 1 && s.stride_w == 1 && s.pad_h == 0 &&
          s.pad_w == 0 && s.P == s.H && s.Q == s.W;

@@ -5,10 +5,12 @@
 // Its code lives in namespace dlk::DLK_ISA, so the three copies link side by side and
 // bindings.cpp picks one at run time (see isa.h). Nothing here uses -march=native.
 #pragma once
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <vector>
 
 #if defined(__SSE2__)
 #include <immintrin.h>
@@ -138,4 +140,18 @@ size_t held(const V& v) {
   return v.capacity() * sizeof(typename V::value_type);
 }
 
+// In the ISA's namespace: a template in namespace dlk itself would be one copy for all three
+// instruction sets, whichever the linker kept.
+namespace DLK_ISA {
+
+// Scratch reused from call to call: v grown to at least n elements (and 1), its data. Growing
+// keeps what it held.
+template <typename T>
+inline T* grow(std::vector<T>& v, int64_t n) {
+  const size_t need = (size_t)std::max<int64_t>(n, 1);
+  if (v.size() < need) v.resize(need);
+  return v.data();
+}
+
+}  // namespace DLK_ISA
 }  // namespace dlk

@@ -62,13 +62,6 @@ namespace DLK_ISA {
 
 namespace {
 
-template <typename T>
-T* wgrow(std::vector<T>& v, int64_t n) {
-  const size_t need = (size_t)std::max<int64_t>(n, 1);
-  if (v.size() < need) v.resize(need);
-  return v.data();
-}
-
 inline int64_t round_to(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 bool winograd_applies(const ConvShape& s) {
@@ -129,7 +122,7 @@ struct WinoPlan {
 template <typename T>
 void transform_filters(const WinoPlan<T>& pl, const T* w, std::vector<T>& ubuf, std::vector<T>& packed) {
   const int64_t K = pl.s.K, C = pl.s.C, KC = K * C;
-  T* u = wgrow(ubuf, 16 * KC);
+  T* u = grow(ubuf, 16 * KC);
   // in parallel: with few tiles (small images, many channels) this is a good part of the call
   const int nt = in_parallel() ? 1 : (int)std::max<int64_t>(1, std::min<int64_t>(max_threads(), KC / 4096));
 #pragma omp parallel for schedule(static) num_threads(nt)
@@ -151,7 +144,7 @@ void transform_filters(const WinoPlan<T>& pl, const T* w, std::vector<T>& ubuf, 
       u[(i * 4 + 3) * KC + kc] = a2;
     }
   }
-  T* pk = wgrow(packed, pl.nchunks * 16 * pl.asz);
+  T* pk = grow(packed, pl.nchunks * 16 * pl.asz);
 #pragma omp parallel for schedule(static) num_threads(nt)
   for (int64_t cx = 0; cx < pl.nchunks * 16; ++cx) {
     const int64_t ch = cx / 16, xi = cx % 16, k0 = ch * pl.kc, rows = std::min(pl.kc, K - k0);
@@ -385,10 +378,10 @@ void wino_block(const WinoPlan<T>& pl, const T* x, const T* b, T* y, int64_t blk
   // the 16 matrices one cache line more than a multiple of 4 KiB apart: the transforms touch
   // all 16 at once, and 16 streams 4 KiB apart would share L1 sets (8 ways)
   const int64_t vstride = s.C * round_to(nt, pl.NR) + 64 / (int64_t)sizeof(T);
-  T* V = wgrow(sc.v, 16 * vstride);
+  T* V = grow(sc.v, 16 * vstride);
   input_transform(pl, x, nt, sc, V, vstride);
   const int64_t ldm = round_to(nt, simd<T>::width);
-  T* M = wgrow(sc.m, 16 * (pl.kc * ldm + 64 / (int64_t)sizeof(T)));
+  T* M = grow(sc.m, 16 * (pl.kc * ldm + 64 / (int64_t)sizeof(T)));
   for (int64_t ch = 0; ch < pl.nchunks; ++ch) {
     const int64_t k0 = ch * pl.kc, rows = std::min(pl.kc, s.K - k0);
     const int64_t mstride = rows * ldm + 64 / (int64_t)sizeof(T);  // as vstride
@@ -487,8 +480,8 @@ void dw_block(const WinoPlan<T>& pl, const T* x, const T* dy, T* dUt, int64_t bl
   plan_block(pl, t0, t1, sc);
   const int64_t ld = round_to(nt, simd<T>::width), pad = 64 / (int64_t)sizeof(T);
   const int64_t vstride = s.C * ld + pad, mstride = s.K * ld + pad;  // off 4 KiB, as in wino_block
-  T* V = wgrow(sc.v, 16 * vstride);
-  T* dM = wgrow(sc.m, 16 * mstride);
+  T* V = grow(sc.v, 16 * vstride);
+  T* dM = grow(sc.m, 16 * mstride);
   input_transform(pl, x, nt, sc, V, vstride, ld);
   dy_transform(pl, dy, sc, dM, ld, mstride);
   for (int xi = 0; xi < 16; ++xi)
@@ -507,7 +500,7 @@ void wino_dw(const ConvShape& s, const T* dy, const T* x, T* dw, T* db) {
   pl.setup(s, in_parallel() ? 1 : max_threads(), 1536 * 1024, s.C + s.K, 16);
   const int nt = in_parallel() ? 1 : (int)std::max<int64_t>(1, std::min<int64_t>(max_threads(), pl.nblocks));
   WinoCallScratch<T>& cs = wino_call_scratch<T>();
-  T* parts = dw ? wgrow(cs.partials, nt * 16 * CK) : nullptr;
+  T* parts = dw ? grow(cs.partials, nt * 16 * CK) : nullptr;
 #pragma omp parallel num_threads(nt)
   {
     const int th = thread_id();
@@ -563,7 +556,7 @@ void wino_dw(const ConvShape& s, const T* dy, const T* x, T* dw, T* db) {
 template <typename T>
 void wino_dx(const ConvShape& s, const T* dy, const T* w, T* dx) {
   std::vector<T>& wfv = wino_call_scratch<T>().wf;
-  T* wf = wgrow(wfv, s.K * s.C * 9);
+  T* wf = grow(wfv, s.K * s.C * 9);
   for (int64_t k = 0; k < s.K; ++k)
     for (int64_t c = 0; c < s.C; ++c)
       for (int u = 0; u < 9; ++u) wf[(c * s.K + k) * 9 + 8 - u] = w[(k * s.C + c) * 9 + u];
