@@ -28,6 +28,13 @@ namespace dlk {
 
 using index_t = int64_t;  // all offset arithmetic is 64-bit
 
+// Everything below depends on the instruction set, so it lives in the ISA's namespace. A
+// template in namespace dlk itself would be one copy for all three instruction sets, whichever
+// the linker kept: simd<T>::type is mangled by that name, not by its width. (Seen: a call to
+// transpose_stage that GCC did not inline, in an AVX-512 unit, ran another unit's copy and left
+// the block as it was.)
+namespace DLK_ISA {
+
 // Width in bytes of the vector registers this unit is compiled for.
 #if defined(__AVX512F__)
 constexpr int VBYTES = 64;
@@ -139,10 +146,6 @@ template <typename V>
 size_t held(const V& v) {
   return v.capacity() * sizeof(typename V::value_type);
 }
-
-// In the ISA's namespace: a template in namespace dlk itself would be one copy for all three
-// instruction sets, whichever the linker kept.
-namespace DLK_ISA {
 
 // Scratch reused from call to call: v grown to at least n elements (and 1), its data. Growing
 // keeps what it held.

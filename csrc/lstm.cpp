@@ -8,14 +8,16 @@
 //   barrier per step, after which every thread reads all of h (forward) or dZ (backward).
 //   forward   z_t = x_t W_ihᵀ + h_{t-1} W_hhᵀ per step on the thread's packed columns (the
 //             shared BLIS gemm); for B <= 4, where a step is bound by streaming W_hh from
-//             L2, X W_ihᵀ is one gemm for all steps and h W_hhᵀ
-//             dot products on rows of W_hh packed without a transpose, in two fixed halves
-//             over h so that a thread starts on the half it wrote while the other half is on
-//             its way, and without lengths or projection no barrier at all, only per-thread
-//             step counters; with a projection, h = m W_hrᵀ the same way.
+//             L2, X W_ihᵀ is one gemm for all steps (each thread its units' columns) and
+//             h W_hhᵀ dot products on rows of W_hh packed without a transpose, in two fixed
+//             halves over h so that a thread starts on the half it wrote while the other half
+//             is on its way, and without lengths or projection no barrier at all, only
+//             per-thread step counters; with a projection, h = m W_hrᵀ the same way.
 //   backward  per step only what the recurrence needs: dh_{t-1} = dZ_t W_hh on the thread's
-//             columns (W_hh read in place for B <= 4) and the fused elementwise pass, which
-//             also sums db; then dX = dZ W_ih, dW_ih = dZᵀ X, dW_hh = dZᵀ H_prev,
+//             columns (for B <= 4 W_hh's columns copied and read row by row, without a
+//             projection in two fixed halves over the units and with step counters, as in
+//             the forward) and the fused elementwise pass, which also sums db; then
+//             dX = dZ W_ih, dW_ih = dZᵀ X, dW_hh = dZᵀ H_prev,
 //             dW_hr = dHᵀ M as gemms over all T*B rows, their rows shared by the threads.
 // Layout: time-major, C-contiguous; gates saved activated (i, f, g, o), c saved every step.
 // Lengths (or null): sequence b runs steps t < lengths[b]; past its end it keeps its state
@@ -264,56 +266,71 @@ struct DotPacked {
   }
 };
 
-// c[0, n) = Σ_k a[k] R[k, 0:n) for (NV - 1) W < n <= NV W columns, R's rows ldr apart; the
-// last vector may be partial. The even and odd k run in two sets of accumulators, added at the
-// end: twice the FMA chains in flight when NV is small.
-template <typename T, int NV>
-inline void axpy_rows(int64_t n, int64_t K, const T* R, int64_t ldr, const T* a, T* c) {
+// c[0, n) (+)= Σ_k a[k] R[k, 0:n) for (NV - 1) W < n <= NV W columns, R's rows ldr apart, over
+// the k of nseg segments [s step, s step + K) (one segment: k < K); the last vector may be
+// partial. The even and odd k run in two sets of accumulators, added at the end (twice the FMA
+// chains in flight when NV is small); with accumulate, c + that sum.
+template <typename T, int NV, bool FULL>  // FULL: the last vector is whole (n == NV W)
+inline void axpy_rows_impl(int64_t n, int64_t K, int nseg, int64_t step, const T* R, int64_t ldr,
+                           const T* a, T* c, bool accumulate) {
   constexpr int W = simd<T>::width;
   const int last = (int)(n - (NV - 1) * W);  // columns in the last vector, 1..W
+  auto ld_last = [&](const T* p) { return FULL ? vload(p) : vload_n(p, last); };
   vec<T> acc[2][NV];
   for (int v = 0; v < NV; ++v) acc[0][v] = acc[1][v] = vec<T>{};
-  auto row = [&](int e, int64_t k) {
+  auto row = [&](vec<T>* ac, int64_t k) {
     const vec<T> av = vbroadcast<T>(a[k]);
     const T* rk = R + k * ldr;
 #pragma GCC unroll 8
-    for (int v = 0; v < NV - 1; ++v) acc[e][v] = vfma<T>(av, vload(rk + v * W), acc[e][v]);
-    const vec<T> wl = last == W ? vload(rk + (NV - 1) * W) : vload_n(rk + (NV - 1) * W, last);
-    acc[e][NV - 1] = vfma<T>(av, wl, acc[e][NV - 1]);
+    for (int v = 0; v < NV - 1; ++v) ac[v] = vfma<T>(av, vload(rk + v * W), ac[v]);
+    ac[NV - 1] = vfma<T>(av, ld_last(rk + (NV - 1) * W), ac[NV - 1]);
   };
-  int64_t k = 0;
-  for (; k + 2 <= K; k += 2) {
-    row(0, k);
-    row(1, k + 1);
+  for (int sg = 0; sg < nseg; ++sg) {
+    const int64_t k0 = sg * step, k1 = k0 + K;
+    int64_t k = k0;
+    for (; k + 2 <= k1; k += 2) {
+      row(acc[0], k);
+      row(acc[1], k + 1);
+    }
+    if (k < k1) row(acc[0], k);
   }
-  if (k < K) row(0, k);
   for (int v = 0; v < NV; ++v) acc[0][v] += acc[1][v];
+  if (accumulate) {
+    for (int v = 0; v < NV - 1; ++v) acc[0][v] = vload(c + v * W) + acc[0][v];
+    acc[0][NV - 1] = ld_last(c + (NV - 1) * W) + acc[0][NV - 1];
+  }
   for (int v = 0; v < NV - 1; ++v) vstore(c + v * W, acc[0][v]);
-  if (last == W) vstore(c + (NV - 1) * W, acc[0][NV - 1]);
+  if (FULL) vstore(c + (NV - 1) * W, acc[0][NV - 1]);
   else vstore_n(c + (NV - 1) * W, acc[0][NV - 1], last);
 }
 
-// C[b][0, n) = Σ_k A_b[k] R[k, 0:n) for B rows of A (stride lda), K rows of R (stride ldr):
-// a product by R, read in place.
+// The columns [0, n) of one row for n <= V W: axpy_rows_impl with as many vectors as n needs.
+template <typename T, int V>
+inline void axpy_cols(int64_t n, int64_t K, int nseg, int64_t step, const T* R, int64_t ldr,
+                      const T* a, T* c, bool accumulate) {
+  constexpr int W = simd<T>::width;
+  if constexpr (V > 1) {
+    if (n <= (V - 1) * W) return axpy_cols<T, V - 1>(n, K, nseg, step, R, ldr, a, c, accumulate);
+  }
+  if (n == V * W) axpy_rows_impl<T, V, true>(n, K, nseg, step, R, ldr, a, c, accumulate);
+  else axpy_rows_impl<T, V, false>(n, K, nseg, step, R, ldr, a, c, accumulate);
+}
+
+// C[b][0, n) (+)= Σ_k A_b[k] R[k, 0:n) for B rows of A (stride lda), R's rows ldr apart, k over
+// nseg segments of K as in axpy_rows_impl: a product by R, read in place. The partial vector
+// is handled outside the k loop (FULL): tested inside it, the compiler kept the accumulators
+// on the stack (a step of L4's backward 0.3 us slower).
 template <typename T>
 void axpy_many(int64_t B, int64_t K, int64_t n, const T* R, int64_t ldr, const T* A, int64_t lda,
-               T* C, int64_t ldc) {
+               T* C, int64_t ldc, int nseg = 1, int64_t step = 0, bool accumulate = false) {
   constexpr int W = simd<T>::width, NV = 8;
   for (int64_t b = 0; b < B; ++b) {
     const T* a = A + b * lda;
     T* c = C + b * ldc;
     int64_t j = 0;
-    for (; j + NV * W <= n; j += NV * W) axpy_rows<T, NV>(NV * W, K, R + j, ldr, a, c + j);
-    switch ((n - j + W - 1) / W) {  // the remaining vectors
-      case 7: axpy_rows<T, 7>(n - j, K, R + j, ldr, a, c + j); break;
-      case 6: axpy_rows<T, 6>(n - j, K, R + j, ldr, a, c + j); break;
-      case 5: axpy_rows<T, 5>(n - j, K, R + j, ldr, a, c + j); break;
-      case 4: axpy_rows<T, 4>(n - j, K, R + j, ldr, a, c + j); break;
-      case 3: axpy_rows<T, 3>(n - j, K, R + j, ldr, a, c + j); break;
-      case 2: axpy_rows<T, 2>(n - j, K, R + j, ldr, a, c + j); break;
-      case 1: axpy_rows<T, 1>(n - j, K, R + j, ldr, a, c + j); break;
-      default: break;
-    }
+    for (; j + NV * W <= n; j += NV * W)
+      axpy_rows_impl<T, NV, true>(NV * W, K, nseg, step, R + j, ldr, a, c + j, accumulate);
+    if (j < n) axpy_cols<T, NV - 1>(n - j, K, nseg, step, R + j, ldr, a, c + j, accumulate);
   }
 }
 
@@ -403,6 +420,30 @@ struct StepFlags {
   }
 };
 
+// Loads and stores of whole vectors, or of the first w lanes (the tail of a row).
+template <typename T>
+struct Whole {
+  vec<T> ld(const T* p) const { return vload(p); }
+  void st(T* p, vec<T> v) const { vstore(p, v); }
+};
+template <typename T>
+struct Part {
+  int w;
+  vec<T> ld(const T* p) const { return vload_n(p, w); }
+  void st(T* p, vec<T> v) const { vstore_n(p, v, w); }
+};
+
+// body(j, io) for the vectors at j = 0, W, 2W, ... < n, io a Whole or, for a partial last one,
+// a Part: whole vectors get a loop of their own. With the width tested inside one loop, the
+// compiler kept the vectors on the stack (L4's gate pass 0.35 us a step).
+template <typename T, typename Body>
+inline void for_vectors(int64_t n, Body body) {
+  constexpr int W = simd<T>::width;
+  int64_t j = 0;
+  for (; j + W <= n; j += W) body(j, Whole<T>{});
+  if (j < n) body(j, Part<T>{(int)(n - j)});
+}
+
 // ---- forward: one step's elementwise work, row b, hidden units [j0, j0 + n) -----------------
 // z: the gates array at unit j0 (gate q at z + q * H), holding x W_ihᵀ when zin (else not
 // read), replaced by the activated gates; zr: the recurrent product h W_hhᵀ for the same units
@@ -412,29 +453,22 @@ struct StepFlags {
 template <typename T>
 void gates_forward(int64_t n, int64_t H, T* z, bool zin, const T* zr, const T* bias,
                    const T* cprev, T* c, T* m, bool run) {
-  constexpr int W = simd<T>::width;
-  for (int64_t j = 0; j < n; j += W) {
-    const int w = (int)std::min<int64_t>(W, n - j);
-    auto ld = [&](const T* p) { return w == W ? vload(p) : vload_n(p, w); };
-    auto st = [&](T* p, vec<T> v) {
-      if (w == W) vstore(p, v);
-      else vstore_n(p, v, w);
-    };
+  for_vectors<T>(n, [&](int64_t j, auto io) {
     vec<T> zq[4];
     for (int q = 0; q < 4; ++q) {
-      zq[q] = zin ? ld(z + q * H + j) + ld(zr + q * n + j) : ld(zr + q * n + j);
-      if (bias) zq[q] += ld(bias + q * H + j);
+      zq[q] = zin ? io.ld(z + q * H + j) + io.ld(zr + q * n + j) : io.ld(zr + q * n + j);
+      if (bias) zq[q] += io.ld(bias + q * H + j);
     }
     vec<T> i = vsigmoid<T>(zq[0]), f = vsigmoid<T>(zq[1]), g = vtanh<T>(zq[2]), o = vsigmoid<T>(zq[3]);
-    const vec<T> cp = ld(cprev + j);
+    const vec<T> cp = io.ld(cprev + j);
     const vec<T> cn = f * cp + i * g;
-    st(z + j, i);
-    st(z + H + j, f);
-    st(z + 2 * H + j, g);
-    st(z + 3 * H + j, o);
-    st(m + j, o * vtanh<T>(cn));
-    st(c + j, run ? cn : cp);
-  }
+    io.st(z + j, i);
+    io.st(z + H + j, f);
+    io.st(z + 2 * H + j, g);
+    io.st(z + 3 * H + j, o);
+    io.st(m + j, o * vtanh<T>(cn));
+    io.st(c + j, run ? cn : cp);
+  });
 }
 
 // ---- backward: one step's elementwise work, row b, hidden units [j0, j0 + n) ----------------
@@ -445,31 +479,24 @@ void gates_forward(int64_t n, int64_t H, T* z, bool zin, const T* zr, const T* b
 template <typename T>
 void gates_backward(int64_t n, int64_t H, const T* gates, const T* ct, const T* cprev, const T* dm,
                     T* dc, T* dz, T* m, bool run) {
-  constexpr int W = simd<T>::width;
   if (!run) {
     for (int q = 0; q < 4; ++q) std::memset(dz + q * H, 0, (size_t)n * sizeof(T));
     if (m) std::memset(m, 0, (size_t)n * sizeof(T));
     return;
   }
-  for (int64_t j = 0; j < n; j += W) {
-    const int w = (int)std::min<int64_t>(W, n - j);
-    auto ld = [&](const T* p) { return w == W ? vload(p) : vload_n(p, w); };
-    auto st = [&](T* p, vec<T> v) {
-      if (w == W) vstore(p, v);
-      else vstore_n(p, v, w);
-    };
-    vec<T> i = ld(gates + j), f = ld(gates + H + j), g = ld(gates + 2 * H + j),
-           o = ld(gates + 3 * H + j);
-    vec<T> tc = vtanh<T>(ld(ct + j));
-    vec<T> dmv = ld(dm + j);
-    vec<T> dct = ld(dc + j) + dmv * o * (T(1) - tc * tc);
-    st(dz + j, dct * g * i * (T(1) - i));
-    st(dz + H + j, dct * ld(cprev + j) * f * (T(1) - f));
-    st(dz + 2 * H + j, dct * i * (T(1) - g * g));
-    st(dz + 3 * H + j, dmv * tc * o * (T(1) - o));
-    st(dc + j, dct * f);
-    if (m) st(m + j, o * tc);
-  }
+  for_vectors<T>(n, [&](int64_t j, auto io) {
+    vec<T> i = io.ld(gates + j), f = io.ld(gates + H + j), g = io.ld(gates + 2 * H + j),
+           o = io.ld(gates + 3 * H + j);
+    vec<T> tc = vtanh<T>(io.ld(ct + j));
+    vec<T> dmv = io.ld(dm + j);
+    vec<T> dct = io.ld(dc + j) + dmv * o * (T(1) - tc * tc);
+    io.st(dz + j, dct * g * i * (T(1) - i));
+    io.st(dz + H + j, dct * io.ld(cprev + j) * f * (T(1) - f));
+    io.st(dz + 2 * H + j, dct * i * (T(1) - g * g));
+    io.st(dz + 3 * H + j, dmv * tc * o * (T(1) - o));
+    io.st(dc + j, dct * f);
+    if (m) io.st(m + j, o * tc);
+  });
 }
 
 // The rows of a gate weight w (4H x K: W_ih or W_hh) for hidden units s of all four gates,
@@ -503,7 +530,8 @@ void lstm_forward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const 
   const int nt = threads_for_steps(B, P, G, H, W);
   const bool small = B <= SMALL_M;
   // x W_ihᵀ: for B <= SMALL_M, for every step at once (Z, into the gates array), here on all
-  // threads when the steps run on one, else in the region, each thread a share of the rows.
+  // threads when the steps run on one, else in the region, each thread the columns of its own
+  // units (only it reads them, so no barrier follows).
   // Bigger B: step by step, each thread its gate columns just before their gate pass, so that
   // they are read from cache rather than from a Z too big for it.
   if (small && nt == 1) gemm<T>(Tn * B, G, I, x, I, 1, w_ih, 1, I, gates, G, false, true);
@@ -521,10 +549,10 @@ void lstm_forward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const 
     const Slice s = slice_of(H, W, r, n);           // hidden units (c, gates)
     const Slice ps = proj ? slice_of(P, W, r, n) : s;  // outputs (h, y)
     const int64_t hs = s.size();
-    if (small && nt > 1) {
-      const int64_t i0 = Tn * B * r / n, i1 = Tn * B * (r + 1) / n;
-      gemm<T>(i1 - i0, G, I, x + i0 * I, I, 1, w_ih, 1, I, gates + i0 * G, G, false, false);
-    }
+    if (small && nt > 1)  // the gate columns of this thread's units, which only it reads
+      for (int q = 0; q < 4; ++q)
+        gemm<T>(Tn * B, hs, I, x, I, 1, w_ih + (q * H + s.j0) * I, 1, I, gates + q * H + s.j0, G, false,
+                false);
     // packed (B > SMALL_M): W_ihᵀ and W_hhᵀ restricted to this thread's gate columns (I x 4hs,
     // P x 4hs), W_hrᵀ to its outputs (H x ps)
     const Workspace<T> wgi = gather_gate_rows(w_ih, H, small ? 0 : I, s);
@@ -538,7 +566,6 @@ void lstm_forward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const 
     const DotPacked<T> dp_hh(small ? 4 * hs : 0, P, gate_row);
     const DotPacked<T> dp_hr(small && proj ? ps.size() : 0, H, proj_row);
     Workspace<T> zr(B * 4 * hs), mown(proj || !lengths ? 0 : B * hs), hp(proj && lengths ? B * ps.size() : 0);
-    bar.wait();  // Z complete (and every thread's weights packed)
 
     for (int64_t t = 0; t < Tn; ++t) {
       T* yt = y + t * B * P;
@@ -626,6 +653,9 @@ void lstm_backward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const
   Workspace<T> mall(proj ? TB * H : 0), dm(proj ? B * H : 0);
   const int nt = TB > 0 ? threads_for_steps(B, G, P, H, W) : 1;
   const bool small = B <= SMALL_M;
+  // small B without projection: a thread reads no other's data but dZ_t, written once, so the
+  // steps need no barrier, only each thread's count of steps done (as in lstm_forward)
+  const bool flags = small && !proj;
   // dX and the weight gradients from all of dZ, thread r of n taking a share of the rows of
   // each (every element is computed alike whatever the share); parallel: n == 1 and the gemms
   // may use every thread themselves
@@ -646,11 +676,12 @@ void lstm_backward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const
   };
 
   StepBarrier bar;
+  StepFlags done(nt);
 #pragma omp parallel num_threads(nt)
   {
     const int n = num_threads_here(), r = thread_id();
 #pragma omp single
-    bar.n = n;  // (the single's closing barrier publishes it)
+    bar.n = done.n = n;  // (the single's closing barrier publishes it)
     const Slice s = slice_of(H, W, r, n);              // hidden units (c, gates, dZ columns)
     const Slice ps = proj ? slice_of(P, W, r, n) : s;  // outputs (h)
     const int64_t hs = s.size();
@@ -672,6 +703,11 @@ void lstm_backward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const
     const T* wh_cols = copy_hh ? whc.data() : w_hh + ps.j0;  // row k at k * ldw
     const int64_t ldw = copy_hh ? ps.size() : P;
     Workspace<T> dhp(lengths ? B * ps.size() : 0);
+    // With flags, dZ_t W_hh is summed over the units in two fixed halves [0, uh) and [uh, H),
+    // each over its four gates' rows in order, and the two added: a thread starts on the half
+    // it wrote itself, if it wrote a whole one, while the others' dZ_t is on its way.
+    const int64_t uh = std::min(H, (H + W - 1) / W / 2 * W);
+    const bool own_lo = s.j0 == 0 && s.j1 >= uh, own_hi = !own_lo && s.j0 <= uh && s.j1 == H;
     // db = column sums of dZ, summed here while dZ_t is in cache: each thread its units'
     // columns, steps from last to first, rows in order (deterministic)
     for (int q = 0; q < 4; ++q) std::memset(db + q * H + s.j0, 0, (size_t)hs * sizeof(T));
@@ -705,19 +741,32 @@ void lstm_backward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const
           for (int64_t j = 0; j < hs; ++j) d[j] += zq[j];
         }
       }
-      bar.wait();  // dZ_t complete before any thread's product reads it
       // dh_{t-1} = dZ_t W_hh, this thread's outputs; a row that is not running keeps its dh
       T* out = lengths ? dhp.data() : dh0 + ps.j0;
       const int64_t ldo = lengths ? ps.size() : P;
-      if (small) axpy_many<T>(B, G, ps.size(), wh_cols, ldw, dzt, G, out, ldo);
-      else pk_hh.mul(B, dzt, G, out, ldo);
+      if (flags) {
+        done.publish(r, Tn - t);  // dZ_t's columns of this thread's units are written
+        auto half = [&](int64_t u0, int64_t u1, bool acc) {  // units [u0, u1) of the four gates
+          axpy_many<T>(B, u1 - u0, ps.size(), wh_cols + u0 * ldw, ldw, dzt + u0, G, out, ldo, 4, H, acc);
+        };
+        const int64_t a0 = own_hi ? uh : 0, a1 = own_hi ? H : uh;  // the half done first
+        if (!own_lo && !own_hi) done.wait_others(r, Tn - t);
+        half(a0, a1, false);
+        if (own_lo || own_hi) done.wait_others(r, Tn - t);
+        half(own_hi ? 0 : uh, own_hi ? uh : H, true);
+      } else {
+        bar.wait();  // dZ_t complete before any thread's product reads it
+        if (small) axpy_many<T>(B, G, ps.size(), wh_cols, ldw, dzt, G, out, ldo);
+        else pk_hh.mul(B, dzt, G, out, ldo);
+      }
       if (lengths) {
         for (int64_t b = 0; b < B; ++b)
           if (running(lengths, t, b))
             std::memcpy(dh0 + b * P + ps.j0, dhp.data() + b * ps.size(), (size_t)ps.size() * sizeof(T));
       }
     }
-    // every step's dZ is complete: the last step's barrier came after its gate pass
+    // every step's dZ is complete: the last step's barrier came after its gate pass (with
+    // flags, every thread has waited for the others' last step)
     if (nt > 1) weight_grads(r, n, false);
   }
   if (nt == 1) weight_grads(0, 1, true);
