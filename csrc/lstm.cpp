@@ -159,6 +159,13 @@ inline vec<T> vfma(vec<T> a, vec<T> b, vec<T> c) {  // a * b + c, fused where th
 //    small T; W_hh is read in place, row by row, by the dot and axpy kernels below.
 constexpr int64_t SMALL_M = 4;
 
+// The fixed split of a sum over [0, n) into halves [0, split) and [split, n), at half of its
+// vectors: the same at any thread count, so (first half) + (second half), each summed alone,
+// gives the same bits whichever half a thread does first (see sum_in_halves).
+inline int64_t half_split(int64_t n, int W) {
+  return std::min(n, (n + W - 1) / W / 2 * W);
+}
+
 template <typename T>
 struct Packed {  // K x N, element (k, j) at B[k * rsb + j * csb], packed for gemm_prepacked_b
   int64_t K, N;
@@ -229,10 +236,9 @@ struct DotPacked {
       if (full < kv) vstore(dst + full * W * W, vload_n(src + full * W, (int)(K - full * W)));
     }
   }
-  // The two halves of the product, A's vectors [0, half()) and [half(), kv): C = A · rowsᵀ is
-  // always computed as (first half) + (second half), in either order (the sum is the same), so
-  // that a thread can start on the half of h it wrote itself (see lstm_forward).
-  int64_t half() const { return kv / 2; }
+  // The two halves of the product, A's vectors [0, half()) and [half(), kv) (half_split): C =
+  // A · rowsᵀ is always computed as (first half) + (second half).
+  int64_t half() const { return half_split(K, W) / W; }
   // C (M x n, row stride ldc) (+)= A (M x K, row stride lda) · rowsᵀ over A's vectors [v0, v1)
   void mul(int64_t M, const T* A, int64_t lda, T* C, int64_t ldc, int64_t v0, int64_t v1,
            bool accumulate) const {
@@ -356,6 +362,22 @@ struct Slice {
 inline Slice slice_of(int64_t n, int64_t W, int r, int nt) {
   const int64_t nv = (n + W - 1) / W;
   return {std::min<int64_t>(n, nv * r / nt * W), std::min<int64_t>(n, nv * (r + 1) / nt * W)};
+}
+
+// A step's product over [0, n) in the two halves of half_split, by the thread that wrote slice s
+// of the operand, in a step without a barrier: first the half it wrote itself, if it wrote a
+// whole one (with 2 threads each did), while the others' part is on its way; wait() returns
+// once the others' part is written. sum(k0, k1, accumulate): the half [k0, k1), stored or added.
+template <typename Sum, typename Wait>
+inline void sum_in_halves(int64_t n, int W, Slice s, Sum sum, Wait wait) {
+  const int64_t h = half_split(n, W);
+  const bool lo = s.j0 == 0 && s.j1 >= h, hi = !lo && s.j0 <= h && s.j1 == n;
+  if (!lo && !hi) wait();
+  if (hi) sum(h, n, false);
+  else sum(0, h, false);
+  if (lo || hi) wait();
+  if (hi) sum(0, h, true);
+  else sum(h, n, true);
 }
 
 // Threads for a sequence whose every step multiplies B x K by K x N: one per slice of the
@@ -576,19 +598,15 @@ void lstm_forward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const 
       T* m = proj ? mall.data() + s.j0 : lengths ? mown.data() : yt + s.j0;
       const int64_t ldm = proj ? H : lengths ? hs : P;
       const T* cprev = t > 0 ? cs + (t - 1) * B * H : c0;
-      if (flags) {  // (small B)
-        // h_{t-1} W_hhᵀ in its two fixed halves over h (DotPacked::half): first the half this
-        // thread wrote, if it wrote a whole one (with 2 threads each did), while the others'
-        // writes are still on their way; then, once they are done, the rest
-        const int64_t k1 = dp_hh.half(), kv = dp_hh.kv;
-        const bool own_lo = ps.j0 == 0 && ps.j1 >= std::min(P, k1 * W);
-        const bool own_hi = !own_lo && ps.j0 <= k1 * W && ps.j1 == P;
-        const int64_t a0 = own_hi ? k1 : 0, a1 = own_hi ? kv : k1;  // the half done first
-        const int64_t b0 = own_hi ? 0 : k1, b1 = own_hi ? k1 : kv;
-        if (t > 0 && !own_lo && !own_hi) done.wait_others(r, t);
-        dp_hh.mul(B, hprev, P, zr.data(), 4 * hs, a0, a1, false);
-        if (t > 0 && (own_lo || own_hi)) done.wait_others(r, t);
-        dp_hh.mul(B, hprev, P, zr.data(), 4 * hs, b0, b1, true);
+      if (flags) {  // (small B) h_{t-1} W_hhᵀ over h's two halves, the half this thread wrote first
+        sum_in_halves(
+            P, W, ps,
+            [&](int64_t k0, int64_t k1, bool acc) {  // h's vectors [k0 / W, k1 / W)
+              dp_hh.mul(B, hprev, P, zr.data(), 4 * hs, k0 / W, (k1 + W - 1) / W, acc);
+            },
+            [&] {
+              if (t > 0) done.wait_others(r, t);
+            });
       } else if (small) {
         dp_hh.mul(B, hprev, P, zr.data(), 4 * hs);
       } else {
@@ -703,11 +721,6 @@ void lstm_backward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const
     const T* wh_cols = copy_hh ? whc.data() : w_hh + ps.j0;  // row k at k * ldw
     const int64_t ldw = copy_hh ? ps.size() : P;
     Workspace<T> dhp(lengths ? B * ps.size() : 0);
-    // With flags, dZ_t W_hh is summed over the units in two fixed halves [0, uh) and [uh, H),
-    // each over its four gates' rows in order, and the two added: a thread starts on the half
-    // it wrote itself, if it wrote a whole one, while the others' dZ_t is on its way.
-    const int64_t uh = std::min(H, (H + W - 1) / W / 2 * W);
-    const bool own_lo = s.j0 == 0 && s.j1 >= uh, own_hi = !own_lo && s.j0 <= uh && s.j1 == H;
     // db = column sums of dZ, summed here while dZ_t is in cache: each thread its units'
     // columns, steps from last to first, rows in order (deterministic)
     for (int q = 0; q < 4; ++q) std::memset(db + q * H + s.j0, 0, (size_t)hs * sizeof(T));
@@ -746,14 +759,14 @@ void lstm_backward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const
       const int64_t ldo = lengths ? ps.size() : P;
       if (flags) {
         done.publish(r, Tn - t);  // dZ_t's columns of this thread's units are written
-        auto half = [&](int64_t u0, int64_t u1, bool acc) {  // units [u0, u1) of the four gates
-          axpy_many<T>(B, u1 - u0, ps.size(), wh_cols + u0 * ldw, ldw, dzt + u0, G, out, ldo, 4, H, acc);
-        };
-        const int64_t a0 = own_hi ? uh : 0, a1 = own_hi ? H : uh;  // the half done first
-        if (!own_lo && !own_hi) done.wait_others(r, Tn - t);
-        half(a0, a1, false);
-        if (own_lo || own_hi) done.wait_others(r, Tn - t);
-        half(own_hi ? 0 : uh, own_hi ? uh : H, true);
+        // over the units' two halves, the half this thread wrote first; a half [u0, u1) sums
+        // its units' rows of the four gates in order
+        sum_in_halves(
+            H, W, s,
+            [&](int64_t u0, int64_t u1, bool acc) {
+              axpy_many<T>(B, u1 - u0, ps.size(), wh_cols + u0 * ldw, ldw, dzt + u0, G, out, ldo, 4, H, acc);
+            },
+            [&] { done.wait_others(r, Tn - t); });
       } else {
         bar.wait();  // dZ_t complete before any thread's product reads it
         if (small) axpy_many<T>(B, G, ps.size(), wh_cols, ldw, dzt, G, out, ldo);
