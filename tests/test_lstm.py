@@ -193,3 +193,26 @@ def test_fast_front_same_bits_as_checked_front(cell):
             fwd(x, h[:, :-1].copy(), c, wi, wh, bi, bh)
         with pytest.raises(ValueError, match="b_hh"):
             fwd(x, h, c, wi, wh, bi, bh[:-1].copy())
+
+
+def test_cpp_outputs_start_on_a_cache_line():
+    """The cpp glue's outputs start on 64-byte lines (threads write neighbouring columns of them at
+    every step; NumPy's own allocations start 16 bytes past a line), and are ordinary writeable
+    NumPy arrays. empty_aligned names a bad size."""
+    from dlkernels import _cpp
+    rng = np.random.default_rng(1)
+    T, B, I, H = 3, 2, 5, 7
+    x = rng.standard_normal((T, B, I), dtype=np.float32)
+    h = rng.standard_normal((B, H), dtype=np.float32)
+    wi, wh = rng.standard_normal((4 * H, I), dtype=np.float32), rng.standard_normal((4 * H, H), dtype=np.float32)
+    with dk.backend("cpp"):
+        (y, (hn, cn)), saved = dk.lstm_forward(x, h, h, wi, wh)
+        grads = dk.lstm_backward((np.ones_like(y), None, None), saved)
+    outs = [y, hn, cn, saved.gates, saved.c, *(g for g in grads if g is not None)]
+    assert len(outs) == 10
+    for a in outs:
+        assert a.ctypes.data % 64 == 0 and a.flags.c_contiguous and a.flags.writeable
+    a = _cpp._C.empty_aligned((0, 3), np.dtype(np.float64))
+    assert a.shape == (0, 3) and a.dtype == np.float64
+    with pytest.raises(ValueError, match="shape"):
+        _cpp._C.empty_aligned((2, -1), np.dtype(np.float32))
