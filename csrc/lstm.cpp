@@ -47,10 +47,17 @@ namespace {
 
 // Per-call scratch, freed on return (no global state). Left uninitialised: every user writes
 // it before reading, and zeroing the packed weights cost as much as packing them (a cell step).
+// On a 64-byte line: with new[]'s 16-byte alignment every whole-vector load of the packed weights
+// spanned two lines, and threads' neighbouring columns of dZ shared one (L4, 2 threads: forward
+// 8% and forward+backward 3-5% faster aligned, same-process A/B of the two builds).
 template <typename T>
 struct Workspace {
-  std::unique_ptr<T[]> p;
-  explicit Workspace(int64_t n) : p(new T[(size_t)std::max<int64_t>(n, 1)]) {}
+  struct Free {
+    void operator()(T* q) const { ::operator delete[](q, std::align_val_t(64)); }
+  };
+  std::unique_ptr<T[], Free> p;
+  explicit Workspace(int64_t n)
+      : p(static_cast<T*>(::operator new[](sizeof(T) * (size_t)std::max<int64_t>(n, 1), std::align_val_t(64)))) {}
   T* data() { return p.get(); }
   const T* data() const { return p.get(); }
 };
