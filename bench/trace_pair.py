@@ -1,0 +1,82 @@
+"""A case's forward+backward and its torch peer, timed in alternating short windows, window by window.
+
+    python bench/trace_pair.py --case L4 [--seconds 25] [--threads 2]
+
+Each line: our median over ~0.3 s of calls, torch's over the next ~0.15 s, their ratio, the steal the host
+reported meanwhile (per CPU, in ticks), and the CPUs this process's running threads were on. It shows
+whether a slow spell of the host slows both sides together (the ratio holds) or one of them. `dlkernels
+bench` times a round's peers and kernels in windows seconds apart, so a spell can fall on one side only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import dlkernels as dk
+from dlkernels.benchmarks import all_cases
+
+
+def running_cpus() -> list[int]:
+    out = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            fields = open(f"/proc/self/task/{tid}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] == "R":
+            out.append(int(fields[36]))  # the CPU it last ran on
+    return sorted(out)
+
+
+def steal() -> list[int]:
+    return [int(line.split()[8]) for line in open("/proc/stat") if line.startswith("cpu") and line[3] != " "]
+
+
+def window(fn, seconds: float) -> float:
+    times = []
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--case", required=True)
+    ap.add_argument("--seconds", type=float, default=25)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    case = {c.id: c for _, c in all_cases()}.get(args.case)
+    if case is None or case.backward is None or "torch" not in case.peers:
+        raise SystemExit(f"--case: {args.case!r} is not a case with a backward and a torch peer")
+    import torch
+    dk.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
+    state = case.setup()
+    _, torch_fb = case.peers["torch"](state)
+    ratios = []
+    with dk.backend("cpp"):
+        for _ in range(3):  # warm-up: first calls allocate, torch's builds its graph machinery
+            case.backward(state)
+            torch_fb()
+        end = time.time() + args.seconds
+        while time.time() < end:
+            s0 = steal()
+            ours = window(lambda: case.backward(state), 0.3)
+            cpus = running_cpus()
+            theirs = window(torch_fb, 0.15)
+            ratios.append(theirs / ours)
+            stolen = [b - a for a, b in zip(s0, steal())]
+            print(f"ours {ours * 1e3:.3f} ms  torch {theirs * 1e3:.3f} ms  ratio {theirs / ours:.2f}  "
+                  f"steal {stolen}  running on CPUs {cpus}")
+    print(f"{case.id} forward+backward: median ratio {statistics.median(ratios):.2f} over {len(ratios)} windows "
+          f"(lowest {min(ratios):.2f}, highest {max(ratios):.2f})")
+
+
+if __name__ == "__main__":
+    main()
