@@ -475,7 +475,7 @@ inline void for_vectors(int64_t n, Body body) {
 
 // ---- forward: one step's elementwise work, row b, hidden units [j0, j0 + n) -----------------
 // z: the gates array at unit j0 (gate q at z + q * H), gets the activated gates; zx: x W_ihᵀ for
-// the same units (gate q at zx + q * ldx; it may be z itself), or null when zr holds it too;
+// the same units (gate q at zx + q * ldx), or null when zr holds it too;
 // zr: the recurrent product h W_hhᵀ for the same units (gate q at zr + q * n);
 // bias (4H) at unit j0 or null; cprev: c_{t-1}; c gets c_t (c_{t-1} when not running); m gets
 // o * tanh(c_t).
@@ -558,13 +558,12 @@ void lstm_forward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const 
   if (lengths) std::memcpy(hbuf.data(), h0, (size_t)(B * P) * sizeof(T));
   const int nt = threads_for_steps(B, P, G, H, W);
   const bool small = B <= SMALL_M;
-  // x W_ihᵀ: for B <= SMALL_M, for every step at once: here on all threads into the gates
-  // array when the steps run on one thread, else in the region, each thread the gate columns of
-  // its own units, in one gemm over their gathered rows of W_ih (only it reads them, so no
-  // barrier follows; one gemm rather than one a gate: 14 -> 10 us a thread at L4).
+  // x W_ihᵀ: for B <= SMALL_M, for every step at once, in the region: each thread the gate
+  // columns of its own units, in one gemm over their gathered rows of W_ih into a Z of its own
+  // (only it reads them, so no barrier follows; one gemm rather than one a gate: 14 -> 10 us a
+  // thread at L4), which may use every thread when the steps run on one.
   // Bigger B: step by step, each thread its gate columns just before their gate pass, so that
   // they are read from cache rather than from a Z too big for it.
-  if (small && nt == 1) gemm<T>(Tn * B, G, I, x, I, 1, w_ih, 1, I, gates, G, false, true);
 
   // small B without projection or lengths: h_t is row y_t, written once, so the steps need no
   // barrier, only each thread's count of steps done (StepFlags)
@@ -581,9 +580,9 @@ void lstm_forward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const 
     const int64_t hs = s.size();
     // the rows of W_ih for this thread's units (4hs x I): packed (B > SMALL_M) or read by the
     // gemm of X W_ihᵀ for all steps (Z, T*B x 4hs, gate q's columns at q hs)
-    const Workspace<T> wgi = gather_gate_rows(w_ih, H, small && nt == 1 ? 0 : I, s);
-    Workspace<T> zx(small && nt > 1 ? Tn * B * 4 * hs : 0);
-    if (small && nt > 1) gemm<T>(Tn * B, 4 * hs, I, x, I, 1, wgi.data(), 1, I, zx.data(), 4 * hs, false, false);
+    const Workspace<T> wgi = gather_gate_rows(w_ih, H, I, s);
+    Workspace<T> zx(small ? Tn * B * 4 * hs : 0);
+    if (small) gemm<T>(Tn * B, 4 * hs, I, x, I, 1, wgi.data(), 1, I, zx.data(), 4 * hs, false, n == 1);
     // packed (B > SMALL_M): W_ihᵀ and W_hhᵀ restricted to this thread's gate columns (I x 4hs,
     // P x 4hs), W_hrᵀ to its outputs (H x ps)
     const Workspace<T> wg = gather_gate_rows(w_hh, H, small ? 0 : P, s);
@@ -622,9 +621,8 @@ void lstm_forward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const 
         pk_hh.mul(B, hprev, P, zr.data(), 4 * hs, true);
       }
       for (int64_t b = 0; b < B; ++b) {
-        // x W_ihᵀ for small B: in Z (several threads) or already in the gates array (one)
-        const T* zxb = !small ? nullptr : nt > 1 ? zx.data() + (t * B + b) * 4 * hs : z + b * G + s.j0;
-        gates_forward<T>(hs, H, z + b * G + s.j0, zxb, nt > 1 ? hs : H, zr.data() + b * 4 * hs,
+        const T* zxb = small ? zx.data() + (t * B + b) * 4 * hs : nullptr;  // x W_ihᵀ (small B)
+        gates_forward<T>(hs, H, z + b * G + s.j0, zxb, hs, zr.data() + b * 4 * hs,
                          bias ? bias + s.j0 : nullptr, cprev + b * H + s.j0, cs + (t * B + b) * H + s.j0,
                          m + b * ldm, running(lengths, t, b));
       }
