@@ -27,7 +27,7 @@ import numpy as np
 
 import dlkernels as dk
 from dlkernels import _cpp
-from dlkernels.benchmarks import all_cases
+from dlkernels.benchmarks import find_case
 from dlkernels.benchmarks.runner import samples
 
 
@@ -56,7 +56,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    case = {c.id: c for _, c in all_cases()}.get(args.case)
+    case = find_case(args.case)
     if case is None:
         raise SystemExit(f"--case: no case {args.case!r}")
     dk.set_num_threads(args.threads)

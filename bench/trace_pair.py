@@ -16,7 +16,7 @@ import statistics
 import time
 
 import dlkernels as dk
-from dlkernels.benchmarks import all_cases
+from dlkernels.benchmarks import find_case
 
 
 def running_cpus() -> list[int]:
@@ -51,7 +51,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=25)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    case = {c.id: c for _, c in all_cases()}.get(args.case)
+    case = find_case(args.case)
     if case is None or case.backward is None or "torch" not in case.peers:
         raise SystemExit(f"--case: {args.case!r} is not a case with a backward and a torch peer")
     import torch

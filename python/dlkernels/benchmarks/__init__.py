@@ -20,4 +20,9 @@ def all_cases() -> list[tuple[str, Case]]:
     return out
 
 
-__all__ = ["Case", "all_cases"]
+def find_case(id: str) -> Case | None:
+    """The case with this id ("L4"), or None."""
+    return next((c for _, c in all_cases() if c.id == id), None)
+
+
+__all__ = ["Case", "all_cases", "find_case"]
