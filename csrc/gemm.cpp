@@ -5,7 +5,8 @@
 //     pc over K in KC-deep blocks          (K blocking depends on K only, never on threads)
 //       pack B[pc, jc] into NR-wide micro-panels, row-major inside ([k][NR])
 //       ic over this thread's rows in MC blocks
-//         pack A[ic, pc] into MR-tall micro-panels ([k][MR]), private to the thread
+//         pack A[ic, pc] into MR-tall micro-panels ([k][MR]), private to the thread (a
+//         row-major A that serves at most AROWS_PANELS panels is read in place instead)
 //         jr over this thread's NR panels
 //           ir over MR panels: micro-kernel, an MR x NR register tile of NV vectors per row
 //
@@ -88,6 +89,8 @@ struct Cfg {
   static constexpr int64_t MC =
       std::max<int64_t>(MR, (GEMM_MC_BYTES / (int64_t)sizeof(T) / KC) / MR * MR);
   static constexpr int64_t NC = 4096;
+  // A is read in place, not packed, when a block of it serves at most this many panels.
+  static constexpr int64_t AROWS_PANELS = 4;
 };
 
 // ---- vector helpers -----------------------------------------------------------------------
@@ -500,6 +503,7 @@ void gemm_block(const Operands<T>& o, const KBlocking<T>& kb, int64_t m0, int64_
                 int64_t n1) {
   using CF = Cfg<T>;
   constexpr int MR = CF::MR, NR = CF::NR, W = CF::W;
+  constexpr int64_t AROWS_PANELS = CF::AROWS_PANELS;
   if (m0 >= m1 || n0 >= n1) return;
   const int64_t npad = round_up(o.N, NR);
   const int64_t NC = o.prepacked || o.direct_b ? n1 - n0 : CF::NC;
@@ -529,9 +533,14 @@ void gemm_block(const Operands<T>& o, const KBlocking<T>& kb, int64_t m0, int64_
         bblk = bbuf;
       }
 
+      // A row-major and this block of it serving few panels: read in place (ukernel_arows)
+      // rather than packed, where packing was a large share of the work (M 3200, K 1024, one
+      // core: N 16 46 -> 85 GFLOP/s, N 64 75 -> 94, N 192 91 -> 93; N 256 the same; N 512
+      // 98 -> 96). The same FMAs in the same order, so the same bits.
+      const bool arows = o.csa == 1 && nc <= AROWS_PANELS * NR;
       for (int64_t ic = m0; ic < m1; ic += CF::MC) {
         const int64_t mc = std::min<int64_t>(CF::MC, m1 - ic);
-        pack_a_block<T>(mc, kc, o.A + ic * o.rsa + pc * o.csa, o.rsa, o.csa, abuf);
+        if (!arows) pack_a_block<T>(mc, kc, o.A + ic * o.rsa + pc * o.csa, o.rsa, o.csa, abuf);
         for (int64_t j = 0; j < nc; j += NR) {
           const int nr = (int)std::min<int64_t>(NR, nc - j);
           const int nv = (nr + W - 1) / W;
@@ -551,8 +560,12 @@ void gemm_block(const Operands<T>& o, const KBlocking<T>& kb, int64_t m0, int64_
           T* cp = o.C + ic * o.ldc + jc + j;
           for (int64_t i = 0; i < mc; i += MR) {
             const int mr = (int)std::min<int64_t>(MR, mc - i);
-            get_kernel<T>(mr, nv)(kc, abuf + i * kc, bp, ldb, cp + i * o.ldc, o.ldc, nr,
-                                  overwrite);
+            if (arows)
+              get_kernel_arows<T>(mr, nv)(kc, o.A + (ic + i) * o.rsa + pc, o.rsa, bp, ldb,
+                                          cp + i * o.ldc, o.ldc, nr, overwrite);
+            else
+              get_kernel<T>(mr, nv)(kc, abuf + i * kc, bp, ldb, cp + i * o.ldc, o.ldc, nr,
+                                    overwrite);
           }
         }
       }
