@@ -2,10 +2,13 @@
 
     python bench/trace_pair.py --case L4 [--seconds 25] [--threads 2]
 
-Each line: our median over ~0.3 s of calls, torch's over the next ~0.15 s, their ratio, the steal the host
-reported meanwhile (per CPU, in ticks), and the CPUs this process's running threads were on. It shows
-whether a slow spell of the host slows both sides together (the ratio holds) or one of them. `dlkernels
-bench` times a round's peers and kernels in windows seconds apart, so a spell can fall on one side only.
+Each line: our median over ~0.3 s of calls, ours again on one thread over ~0.15 s, torch's over the next
+~0.15 s, the ratios, the steal the host reported meanwhile (per CPU, in ticks), and the CPUs this
+process's running threads were on. It shows whether a slow spell of the host slows both sides together
+(the ratio holds) or one of them, and whether it is a spell of one CPU: our threads meet at every step, so
+a slow CPU holds back both, while a one-thread run, like torch's mostly serial small-batch LSTM, is held
+back only when it runs on that CPU. `dlkernels bench` times a round's peers and kernels in windows
+seconds apart, so a spell can fall on one side only.
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     state = case.setup()
     _, torch_fb = case.peers["torch"](state)
-    ratios = []
+    ratios, ratios_one = [], []
     with dk.backend("cpp"):
         for _ in range(3):  # warm-up: first calls allocate, torch's builds its graph machinery
             case.backward(state)
@@ -69,13 +72,18 @@ def main() -> None:
             s0 = steal()
             ours = window(lambda: case.backward(state), 0.3)
             cpus = running_cpus()
+            dk.set_num_threads(1)
+            one = window(lambda: case.backward(state), 0.15)
+            dk.set_num_threads(args.threads)
             theirs = window(torch_fb, 0.15)
             ratios.append(theirs / ours)
+            ratios_one.append(theirs / one)
             stolen = [b - a for a, b in zip(s0, steal())]
-            print(f"ours {ours * 1e3:.3f} ms  torch {theirs * 1e3:.3f} ms  ratio {theirs / ours:.2f}  "
-                  f"steal {stolen}  running on CPUs {cpus}")
-    print(f"{case.id} forward+backward: median ratio {statistics.median(ratios):.2f} over {len(ratios)} windows "
-          f"(lowest {min(ratios):.2f}, highest {max(ratios):.2f})")
+            print(f"ours {ours * 1e3:.3f} ms  ours on 1 thread {one * 1e3:.3f} ms  torch {theirs * 1e3:.3f} ms  "
+                  f"ratio {theirs / ours:.2f} (1 thread {theirs / one:.2f})  steal {stolen}  running on CPUs {cpus}")
+    for name, r in (("", ratios), (" on 1 thread", ratios_one)):
+        print(f"{case.id} forward+backward{name}: median ratio {statistics.median(r):.2f} over {len(r)} windows "
+              f"(lowest {min(r):.2f}, highest {max(r):.2f})")
 
 
 if __name__ == "__main__":
