@@ -17,8 +17,9 @@
 //             columns (for B <= 4 W_hh's columns copied and read row by row, without a
 //             projection in two fixed halves over the units and with step counters, as in
 //             the forward) and the fused elementwise pass, which also sums db; then
-//             dX = dZ W_ih, dW_ih = dZᵀ X, dW_hh = dZᵀ H_prev,
-//             dW_hr = dHᵀ M as gemms over all T*B rows, their rows shared by the threads.
+//             dX = dZ W_ih, dW_ih = dZᵀ X, dW_hh = dZᵀ H_prev (one gemm over [X H_prev]
+//             when T*B is large), dW_hr = dHᵀ M as gemms over all T*B rows, their rows
+//             shared by the threads.
 // Layout: time-major, C-contiguous; gates saved activated (i, f, g, o), c saved every step.
 // Lengths (or null): sequence b runs steps t < lengths[b]; past its end it keeps its state
 // and outputs 0, and its gradients pass through unchanged.
@@ -683,8 +684,15 @@ void lstm_backward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const
   // H_prev = [h0; y_0 .. y_{T-2}], the rows dW_hh = dZᵀ H_prev multiplies, in one buffer, so
   // that dW_hh is one gemm (h0's rows as a gemm of their own, K = B, wrote all of dW_hh once
   // more: 6-9 us a thread at T 50, B 1, H 128); each thread copies a share of the rows before
-  // its first step, and the steps' waits order the copies before any gemm reads them
-  Workspace<T> hprev(TB * P);
+  // its first step, and the steps' waits order the copies before any gemm reads them.
+  // With many rows (fuse), X's rows go in front, [X H_prev], and dW_ih and dW_hh are one gemm
+  // dZᵀ [X H_prev] into dwcat, copied out: one pass over dZ (T*B x 4H, far out of cache) instead
+  // of two, and N = I + P instead of a narrow N = I (L1, T*B 6400: forward+backward 0.95-0.99
+  // of two gemms over three A/B runs). With few rows, copying dwcat out costs more than it saves
+  // (fused anyway: L3, T*B 64, 1.02; L4, T*B 50, 1.03).
+  const bool fuse = TB >= 8 * (I + P);
+  const int64_t K2 = fuse ? I + P : P;  // the row length of hprev; H_prev at column K2 - P
+  Workspace<T> hprev(TB * K2), dwcat(fuse ? G * K2 : 0);
   // small B without projection: a thread reads no other's data but dZ_t, written once, so the
   // steps need no barrier, only each thread's count of steps done (as in lstm_forward)
   const bool flags = small && !proj;
@@ -697,9 +705,18 @@ void lstm_backward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const
     const T* dzg = dz.data() + sg.j0;  // dZᵀ's rows sg: dZ's columns
     gemm<T>(sx.size(), I, G, dz.data() + sx.j0 * G, G, 1, w_ih, I, 1, dx + sx.j0 * I, I, false,
             parallel);                                                                // dX = dZ W_ih
-    gemm<T>(sg.size(), I, TB, dzg, 1, G, x, I, 1, dw_ih + sg.j0 * I, I, false, parallel);  // dZᵀ X
-    gemm<T>(sg.size(), P, TB, dzg, 1, G, hprev.data(), P, 1, dw_hh + sg.j0 * P, P, false,
-            parallel);                                                                // dZᵀ H_prev
+    if (fuse) {
+      gemm<T>(sg.size(), K2, TB, dzg, 1, G, hprev.data(), K2, 1, dwcat.data() + sg.j0 * K2, K2, false,
+              parallel);                                                              // dZᵀ [X H_prev]
+      for (int64_t i = sg.j0; i < sg.j1; ++i) {
+        std::memcpy(dw_ih + i * I, dwcat.data() + i * K2, (size_t)I * sizeof(T));
+        std::memcpy(dw_hh + i * P, dwcat.data() + i * K2 + I, (size_t)P * sizeof(T));
+      }
+    } else {
+      gemm<T>(sg.size(), I, TB, dzg, 1, G, x, I, 1, dw_ih + sg.j0 * I, I, false, parallel);  // dZᵀ X
+      gemm<T>(sg.size(), P, TB, dzg, 1, G, hprev.data(), P, 1, dw_hh + sg.j0 * P, P, false,
+              parallel);                                                              // dZᵀ H_prev
+    }
     if (proj)
       gemm<T>(sp.size(), H, TB, dht.data() + sp.j0, 1, P, mall.data(), H, 1, dw_hr + sp.j0 * H, H,
               false, parallel);                                                       // dW_hr = dHᵀ M
@@ -716,9 +733,12 @@ void lstm_backward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const
     const Slice ps = proj ? slice_of(P, W, r, n) : s;  // outputs (h)
     const int64_t hs = s.size();
     {
-      const Slice rows{TB * r / n, TB * (r + 1) / n};  // rows of H_prev
-      for (int64_t i = rows.j0; i < rows.j1; ++i)
-        std::memcpy(hprev.data() + i * P, i < B ? h0 + i * P : y + (i - B) * P, (size_t)P * sizeof(T));
+      const Slice rows{TB * r / n, TB * (r + 1) / n};  // rows of hprev
+      for (int64_t i = rows.j0; i < rows.j1; ++i) {
+        if (fuse) std::memcpy(hprev.data() + i * K2, x + i * I, (size_t)I * sizeof(T));
+        std::memcpy(hprev.data() + i * K2 + K2 - P, i < B ? h0 + i * P : y + (i - B) * P,
+                    (size_t)P * sizeof(T));
+      }
     }
     // packed (B > SMALL_M): W_hh's columns for this thread's outputs (4H x ps), W_hr's for its
     // units (P x hs)

@@ -192,6 +192,9 @@ def _lstm_samples(rng: np.random.Generator) -> list[Sample]:
         case(6, 2, 3, 5, "proj_size 2", P=2),
         case(4, 3, 4, 6, "no initial state", state=False),
         case(3, 1, 17, 33, "batch 1, odd sizes", lengths=[3]),
+        # T*B >= 8 (I + P): the C++ backward's dW_ih and dW_hh as one gemm over [X H_prev]
+        case(16, 5, 3, 6, "many rows: one weight-gradient gemm"),
+        case(12, 6, 2, 5, "many rows, proj_size 3, lengths", P=3, lengths=[12, 0, 7, 12, 3, 9]),
     ]
 
 

@@ -140,11 +140,13 @@ def test_cpp_larger_shape_matches_reference(dtype):
         np.testing.assert_allclose(a, e, atol=tol * max(1, np.abs(e).max()), rtol=0)
 
 
-@pytest.mark.parametrize("B, H, lengths", [(40, 33, True), (1, 70, True), (1, 70, False), (3, 128, False)])
+@pytest.mark.parametrize("B, H, lengths", [(40, 33, True), (40, 15, False), (1, 70, True), (1, 70, False),
+                                           (3, 128, False)])
 def test_cpp_same_bits_at_any_thread_count(B, H, lengths):
     """The hidden units split across threads change nothing: 1 and 2 threads give the same bits,
-    with the packed gemm (B 40) and the row-packed dot and axpy products (B <= 4; without lengths
-    the steps in halves with step counters instead of barriers)."""
+    with the packed gemm (B 40; at H 15, T*B >= 8 (I + H), dW_ih and dW_hh as one gemm) and the
+    row-packed dot and axpy products (B <= 4; without lengths the steps in halves with step counters
+    instead of barriers)."""
     from dlkernels import _cpp
     from dlkernels.ops.lstm.cpp import lstm_backward_cpp, lstm_forward_cpp
     rng = np.random.default_rng(0)
