@@ -177,10 +177,14 @@ inline int64_t half_split(int64_t n, int W) {
 template <typename T>
 struct Packed {  // K x N, element (k, j) at B[k * rsb + j * csb], packed for gemm_prepacked_b
   int64_t K, N;
+  const T* B;
+  int64_t rsb, csb;
+  bool once;  // used by one product only (one step): not packed, gemm reads B as it is
   Workspace<T> buf;
-  Packed(int64_t K_, int64_t N_, const T* B, int64_t rsb, int64_t csb)
-      : K(K_), N(N_), buf(K_ > 0 && N_ > 0 ? gemm_packed_b_size<T>(K_, N_) : 0) {
-    if (K <= 0 || N <= 0) return;
+  Packed(int64_t K_, int64_t N_, const T* B_, int64_t rsb_, int64_t csb_, bool once_ = false)
+      : K(K_), N(N_), B(B_), rsb(rsb_), csb(csb_), once(once_),
+        buf(K_ > 0 && N_ > 0 && !once_ ? gemm_packed_b_size<T>(K_, N_) : 0) {
+    if (K <= 0 || N <= 0 || once) return;
     gemm_pack_b<T>(K, N, B, rsb, csb, buf.data());
   }
   // C (M x N, row stride ldc) (+)= A (M x K, row stride lda) @ B, on the calling thread
@@ -191,7 +195,8 @@ struct Packed {  // K x N, element (k, j) at B[k * rsb + j * csb], packed for ge
         for (int64_t i = 0; i < M; ++i) std::memset(C + i * ldc, 0, (size_t)N * sizeof(T));
       return;
     }
-    gemm_prepacked_b<T>(M, N, K, A, lda, 1, buf.data(), C, ldc, accumulate, false);
+    if (once) gemm<T>(M, N, K, A, lda, 1, B, rsb, csb, C, ldc, accumulate, false);
+    else gemm_prepacked_b<T>(M, N, K, A, lda, 1, buf.data(), C, ldc, accumulate, false);
   }
 };
 
@@ -742,8 +747,8 @@ void lstm_backward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const
     }
     // packed (B > SMALL_M): W_hh's columns for this thread's outputs (4H x ps), W_hr's for its
     // units (P x hs)
-    const Packed<T> pk_hh(small ? 0 : G, ps.size(), w_hh + ps.j0, P, 1);
-    const Packed<T> pk_hr(small || !proj ? 0 : P, hs, proj ? w_hr + s.j0 : nullptr, H, 1);
+    const Packed<T> pk_hh(small ? 0 : G, ps.size(), w_hh + ps.j0, P, 1, Tn == 1);
+    const Packed<T> pk_hr(small || !proj ? 0 : P, hs, proj ? w_hr + s.j0 : nullptr, H, 1, Tn == 1);
     // B <= SMALL_M: the same columns of W_hh, read in place, or copied into rows of their own
     // when this thread's columns are only part of each row and there are steps enough to pay
     // for the copy (about one step's reads): in place, the next-line prefetchers pull the rest

@@ -195,6 +195,7 @@ def _lstm_samples(rng: np.random.Generator) -> list[Sample]:
         # T*B >= 8 (I + P): the C++ backward's dW_ih and dW_hh as one gemm over [X H_prev]
         case(16, 5, 3, 6, "many rows: one weight-gradient gemm"),
         case(12, 6, 2, 5, "many rows, proj_size 3, lengths", P=3, lengths=[12, 0, 7, 12, 3, 9]),
+        case(1, 6, 4, 9, "T 1, batch 6, proj_size 5 (one step: W_hh and W_hr read in place)", P=5),
     ]
 
 
@@ -235,6 +236,7 @@ def _lstm_cell_samples(rng: np.random.Generator) -> list[Sample]:
         case(2, 5, 97, "H 97"),
         case(1, 2, 5, "no bias", bias=False),
         case(1, 6, 4, "unbatched", unbatched=True),
+        case(9, 5, 33, "batch 9 (B > 4: the C++ gemm path, W_hh read in place for one step)"),
     ]
 
 
