@@ -10,6 +10,9 @@ median of round medians, and the median over rounds of B/A, which a slow spell o
 than it moves either time. The outputs of A and B are compared too (max |B - A|): a change that was
 meant to keep the bits shows it did, or by how much it moved them.
 
+Freed memory is kept for reuse, as `dlkernels bench` keeps it (--fresh-memory: not), so that a build
+that allocates differently is not timed on page faults the other escapes.
+
 The module must be the one of this source tree's Python layer (the same bindings). An older commit's
 build, for A:
 
@@ -28,7 +31,7 @@ import numpy as np
 import dlkernels as dk
 from dlkernels import _cpp
 from dlkernels.benchmarks import find_case
-from dlkernels.benchmarks.runner import samples
+from dlkernels.benchmarks.runner import keep_freed_memory, samples
 
 
 def load(path: str, tag: str) -> Any:
@@ -55,7 +58,12 @@ def main() -> None:
     ap.add_argument("--variant", help="a cpp variant (default: the one the op chooses)")
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--fresh-memory", action="store_true",
+                    help="let large buffers go back to the OS (by default freed memory is reused, "
+                         "as in `dlkernels bench`)")
     args = ap.parse_args()
+    if not args.fresh_memory and not keep_freed_memory():
+        print("note: could not keep freed memory (not glibc): large buffers may page-fault on every call")
     case = find_case(args.case)
     if case is None:
         raise SystemExit(f"--case: no case {args.case!r}")

@@ -20,6 +20,7 @@ import time
 
 import dlkernels as dk
 from dlkernels.benchmarks import find_case
+from dlkernels.benchmarks.runner import keep_freed_memory
 
 
 def running_cpus() -> list[int]:
@@ -58,6 +59,7 @@ def main() -> None:
     if case is None or case.backward is None or "torch" not in case.peers:
         raise SystemExit(f"--case: {args.case!r} is not a case with a backward and a torch peer")
     import torch
+    keep_freed_memory()  # as `dlkernels bench` does: no page faults per call on large buffers
     dk.set_num_threads(args.threads)
     torch.set_num_threads(args.threads)
     state = case.setup()
