@@ -692,9 +692,9 @@ void lstm_backward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const
   // its first step, and the steps' waits order the copies before any gemm reads them.
   // With many rows (fuse), X's rows go in front, [X H_prev], and dW_ih and dW_hh are one gemm
   // dZᵀ [X H_prev] into dwcat, copied out: one pass over dZ (T*B x 4H, far out of cache) instead
-  // of two, and N = I + P instead of a narrow N = I (L1, T*B 6400: forward+backward 0.95-0.99
-  // of two gemms over three A/B runs). With few rows, copying dwcat out costs more than it saves
-  // (fused anyway: L3, T*B 64, 1.02; L4, T*B 50, 1.03).
+  // of two, and N = I + P instead of a narrow N = I (L1, T*B 6400: forward+backward 0.985 of
+  // two gemms, A/B in one process; 0.95-0.99 with fresh pages on every call). With few rows,
+  // copying dwcat out costs more than it saves (fused anyway: L3, T*B 64, 1.02; L4, T*B 50, 1.03).
   const bool fuse = TB >= 8 * (I + P);
   const int64_t K2 = fuse ? I + P : P;  // the row length of hprev; H_prev at column K2 - P
   Workspace<T> hprev(TB * K2), dwcat(fuse ? G * K2 : 0);
@@ -746,7 +746,8 @@ void lstm_backward(int64_t Tn, int64_t B, int64_t I, int64_t H, int64_t P, const
       }
     }
     // packed (B > SMALL_M): W_hh's columns for this thread's outputs (4H x ps), W_hr's for its
-    // units (P x hs)
+    // units (P x hs); with one step, read in place (packing for one product cost more than it
+    // saved: L3's forward+backward 0.970 without it)
     const Packed<T> pk_hh(small ? 0 : G, ps.size(), w_hh + ps.j0, P, 1, Tn == 1);
     const Packed<T> pk_hr(small || !proj ? 0 : P, hs, proj ? w_hr + s.j0 : nullptr, H, 1, Tn == 1);
     // B <= SMALL_M: the same columns of W_hh, read in place, or copied into rows of their own
